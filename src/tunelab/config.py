@@ -1,0 +1,585 @@
+"""The run configuration: one typed, validated schema for every way of driving tunelab.
+
+Field names follow H2O LLM Studio's. Each field's ``description`` is the only place its help text lives: the CLI,
+``tunelab config init`` and ``docs/config.md`` are generated from it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunelab.errors import ConfigError
+
+PROBLEM_TYPES = ("causal_lm", "classification")
+# The metrics each problem type can compute; the first is the default ``prediction.metric``.
+PROBLEM_METRICS: dict[str, tuple[str, ...]] = {
+    "causal_lm": ("BLEU", "Perplexity"),
+    "classification": ("Accuracy", "F1", "AUC"),
+}
+PROBLEM_LOSSES: dict[str, tuple[str, ...]] = {
+    "causal_lm": ("CrossEntropy",),
+    "classification": ("CrossEntropy",),
+}
+# Metrics where a lower value is better; everything else is maximised.
+LOWER_IS_BETTER = {"Perplexity", "loss"}
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(Section):
+    train_dataframe: str = Field(
+        "", description="Training data: a CSV, TSV, JSON, JSONL or Parquet file (path relative to the working directory)."
+    )
+    validation_strategy: Literal["automatic", "custom"] = Field(
+        "automatic",
+        description="'automatic' holds out `validation_size` of the training data; "
+        "'custom' uses `validation_dataframe`.",
+    )
+    validation_dataframe: str = Field("", description="Validation data file, used when validation_strategy is 'custom'.")
+    validation_size: float = Field(
+        0.01,
+        gt=0,
+        description="Held-out share of the training data when validation_strategy is 'automatic': "
+        "a fraction below 1, or a whole number of rows (at least 1 row is always held out).",
+    )
+    data_sample: float = Field(
+        1.0,
+        gt=0,
+        description="Use only part of the training rows (after the validation split): a fraction up to 1, or a "
+        "whole number of rows above 1. The sample is deterministic (split_seed).",
+    )
+    split_seed: int = Field(
+        42, ge=0, description="Seed of the automatic train/validation split, so the same data always splits the same way."
+    )
+    prompt_column: tuple[str, ...] = Field(
+        ("instruction",),
+        min_length=1,
+        description="Column(s) holding the prompt (causal LM) or the text to classify; several are joined by newlines.",
+    )
+    answer_column: str = Field("output", description="Column holding the answer the model should learn (causal LM).")
+    system_column: str = Field("", description="Column holding a per-row system prompt; empty for none.")
+    label_column: str = Field("label", description="Column holding the class label (classification).")
+    text_prompt_start: str = Field("", description="Text put before every prompt (when no chat template is used).")
+    text_answer_separator: str = Field(
+        "", description="Text put between the prompt and the answer (when no chat template is used)."
+    )
+    add_eos_token_to_prompt: bool = Field(
+        True, description="End the prompt with the EOS token (when no chat template is used)."
+    )
+    add_eos_token_to_answer: bool = Field(
+        True, description="End the answer with the EOS token, so the model learns to stop (when no chat template is used)."
+    )
+    mask_prompt_labels: bool = Field(
+        True, description="Train only on answer tokens; prompt tokens get no loss."
+    )
+    use_chat_template: Literal["auto"] | bool = Field(
+        "auto",
+        description="Render rows with the tokenizer's chat template: 'auto' uses it when the tokenizer has one.",
+    )
+
+    @field_validator("prompt_column", mode="before")
+    @classmethod
+    def _one_or_more_columns(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("validation_size", "data_sample")
+    @classmethod
+    def _fraction_or_count(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError("a value above 1 is a row count and must be a whole number")
+        return value
+
+
+class TokenizerConfig(Section):
+    max_length_prompt: int = Field(128, ge=1, le=131072, description="Longest prompt in tokens; longer prompts are cut from the left.")
+    max_length_answer: int = Field(128, ge=1, le=131072, description="Longest answer in tokens; longer answers are cut from the right.")
+    max_length: int = Field(
+        256, ge=2, le=131072, description="Longest prompt + answer in tokens; the prompt is cut first when it is exceeded."
+    )
+    padding_quantile: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Pad each batch to this quantile of its lengths (1.0 = the longest row); longer rows are cut.",
+    )
+
+
+class AugmentationConfig(Section):
+    token_mask_probability: float = Field(
+        0.0, ge=0, lt=1, description="Share of prompt tokens replaced by the pad/mask token during training."
+    )
+
+
+class ArchitectureConfig(Section):
+    backbone_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="Data type the backbone weights are loaded in."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, about 30% slower."
+    )
+    force_embedding_gradients: bool = Field(
+        False, description="Make the input embeddings require gradients (needed by some adapter set-ups)."
+    )
+    intermediate_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout applied inside the backbone (hidden and attention dropout)."
+    )
+
+
+class TrainingConfig(Section):
+    loss_function: str = Field("CrossEntropy", description="Training loss.")
+    optimizer: Literal["AdamW", "Adam", "SGD", "RMSprop", "Adadelta"] = Field("AdamW", description="Optimizer.")
+    learning_rate: float = Field(1e-4, gt=0, le=10, description="Peak learning rate.")
+    batch_size: int = Field(4, ge=1, le=65536, description="Rows per micro-batch.")
+    drop_last_batch: bool = Field(True, description="Drop the last incomplete training batch of each epoch.")
+    epochs: int = Field(1, ge=0, le=10000, description="Passes over the training data.")
+    max_steps: int = Field(
+        -1, ge=-1, description="Stop after this many optimizer steps; overrides `epochs` when above 0."
+    )
+    schedule: Literal["Cosine", "Linear", "Constant"] = Field("Cosine", description="Learning-rate schedule after warm-up.")
+    warmup_epochs: float = Field(0.0, ge=0, description="Linear warm-up length in epochs (fractions allowed).")
+    weight_decay: float = Field(
+        0.0, ge=0, description="Decoupled weight decay; never applied to biases or normalisation weights."
+    )
+    gradient_clip: float = Field(0.0, ge=0, description="Clip the gradient norm to this value; 0 = off.")
+    grad_accumulation: int = Field(1, ge=1, le=4096, description="Micro-batches per optimizer step.")
+    adapter: Literal["lora", "none", "head_only"] = Field(
+        "lora",
+        description="What is trained: 'lora' = LoRA adapters (plus the head for classification), "
+        "'none' = every weight (full fine-tune), 'head_only' = only the output head.",
+    )
+    lora_r: int = Field(8, ge=1, le=4096, description="LoRA rank.")
+    lora_alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = lora_alpha / lora_r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_target_modules: str = Field(
+        "", description="Comma-separated module names LoRA adapts; empty = all linear layers except the output head."
+    )
+    save_best_checkpoint: bool = Field(
+        False,
+        description="Keep the weights of the best validation evaluation and save those as the run's model "
+        "instead of the last ones.",
+    )
+    evaluation_epochs: float = Field(
+        1.0, gt=0, description="Evaluate every this many epochs (fractions allowed); always also at the end."
+    )
+    evaluate_before_training: bool = Field(
+        True, description="Evaluate the untouched backbone first, so the run reports before vs after."
+    )
+    logging_steps: int = Field(10, ge=1, description="Log loss, learning rate and throughput every this many optimizer steps.")
+
+
+class PredictionConfig(Section):
+    metric: str = Field(
+        "",
+        description="Validation metric that picks the best checkpoint: BLEU or Perplexity (causal LM); "
+        "Accuracy, F1 or AUC (classification). Empty = the problem type's default.",
+    )
+    min_length_inference: int = Field(2, ge=0, description="Fewest new tokens generated per answer.")
+    max_length_inference: int = Field(256, ge=1, description="Most new tokens generated per answer.")
+    batch_size_inference: int = Field(0, ge=0, description="Rows per generation/prediction batch; 0 = training batch size.")
+    do_sample: bool = Field(False, description="Sample answers instead of greedy decoding.")
+    num_beams: int = Field(1, ge=1, le=64, description="Beam-search width; 1 = no beam search.")
+    temperature: float = Field(0.3, gt=0, description="Sampling temperature (with do_sample).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus-sampling share (with do_sample).")
+    repetition_penalty: float = Field(1.0, gt=0, description="Penalty for repeating tokens; 1.0 = none.")
+    stop_tokens: str = Field("", description="Comma-separated strings that end generation in addition to EOS.")
+
+
+class EnvironmentConfig(Section):
+    mixed_precision: Literal["auto"] | bool = Field(
+        "auto",
+        description="Autocast to bf16/fp16 during training: 'auto' turns it on where the device supports it (GPUs).",
+    )
+    number_of_workers: int = Field(0, ge=0, le=64, description="Data-loader worker processes.")
+    seed: int = Field(-1, ge=-1, description="Random seed; -1 picks one at random. The seed actually used is recorded.")
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "dataset": DatasetConfig,
+    "tokenizer": TokenizerConfig,
+    "augmentation": AugmentationConfig,
+    "architecture": ArchitectureConfig,
+    "training": TrainingConfig,
+    "prediction": PredictionConfig,
+    "environment": EnvironmentConfig,
+}
+
+
+class RunConfig(BaseModel):
+    """Everything that defines a run. Runtime state (step, RNG, best metric) is never here."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+    problem_type: Literal["causal_lm", "classification"] = Field(
+        "causal_lm", description="What is trained: 'causal_lm' (instruction/chat SFT) or 'classification'."
+    )
+    experiment_name: str = Field(
+        "tunelab-run", min_length=1, description="Name of the run; its directory is output_directory/experiment_name."
+    )
+    output_directory: str = Field("output", min_length=1, description="Folder that holds run directories.")
+    llm_backbone: str = Field(
+        "smollm2-135m-instruct",
+        min_length=1,
+        description="Base model: a built-in name (smollm2-135m-instruct, all-minilm-l6-v2), a local folder, "
+        "a .gguf file or a Hugging Face hub id.",
+    )
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig,
+                                   description="Data files, columns, validation split and prompt rendering.")
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig,
+                                       description="Token-length limits and padding.")
+    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig,
+                                             description="Training-time data augmentation.")
+    architecture: ArchitectureConfig = Field(default_factory=ArchitectureConfig,
+                                             description="How the backbone is loaded and run.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig,
+                                     description="What is trained, the optimizer, schedule and evaluation cadence.")
+    prediction: PredictionConfig = Field(default_factory=PredictionConfig,
+                                         description="Validation metric and generation settings.")
+    environment: EnvironmentConfig = Field(default_factory=EnvironmentConfig,
+                                           description="Precision, data-loading workers and the random seed.")
+
+    @field_validator("experiment_name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it becomes a directory name)")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> RunConfig:
+        if not self.prediction.metric:
+            self.prediction.metric = PROBLEM_METRICS[self.problem_type][0]
+        problems = self.problems()
+        if problems:
+            raise ValueError("\n".join(f"{path}: {message}" for path, message in problems))
+        return self
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Every cross-field inconsistency as (dotted field path, message)."""
+        found = []
+        metrics = PROBLEM_METRICS[self.problem_type]
+        if self.prediction.metric not in metrics:
+            found.append(("prediction.metric", f"'{self.prediction.metric}' is not a {self.problem_type} metric; "
+                          f"choose one of {', '.join(metrics)}"))
+        losses = PROBLEM_LOSSES[self.problem_type]
+        if self.training.loss_function not in losses:
+            found.append(("training.loss_function", f"'{self.training.loss_function}' is not available for "
+                          f"{self.problem_type}; choose one of {', '.join(losses)}"))
+        if self.dataset.validation_strategy == "custom" and not self.dataset.validation_dataframe:
+            found.append(("dataset.validation_dataframe", "required when validation_strategy is 'custom'"))
+        if self.problem_type == "classification" and not self.dataset.label_column:
+            found.append(("dataset.label_column", "required for classification"))
+        if self.problem_type == "causal_lm" and not self.dataset.answer_column:
+            found.append(("dataset.answer_column", "required for causal_lm"))
+        return found
+
+    @property
+    def run_dir(self) -> Path:
+        """Where this run's files go."""
+        return Path(self.output_directory) / self.experiment_name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, ready for YAML (tuples become lists)."""
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading, overriding, saving
+
+
+def all_field_paths() -> list[str]:
+    """Every valid dotted field path, e.g. ``training.learning_rate``."""
+    paths = [name for name in RunConfig.model_fields if name not in SECTIONS]
+    for section, model in SECTIONS.items():
+        paths += [f"{section}.{name}" for name in model.model_fields]
+    return paths
+
+
+def _suggest(path: str) -> str:
+    """A 'did you mean' for an unknown dotted field path."""
+    valid = all_field_paths()
+    leaf = path.split(".")[-1]
+    # Same name in another section first (a right key in the wrong place), then spelling mistakes.
+    moved = [p for p in valid if p.split(".")[-1] == leaf and p != path]
+    if moved:
+        return f"did you mean '{moved[0]}'?"
+    close = difflib.get_close_matches(path, valid, n=1, cutoff=0.6) or difflib.get_close_matches(
+        leaf, [p.split(".")[-1] for p in valid], n=1, cutoff=0.6
+    )
+    if close:
+        match = close[0] if "." in close[0] or close[0] in RunConfig.model_fields else next(
+            p for p in valid if p.split(".")[-1] == close[0]
+        )
+        return f"did you mean '{match}'?"
+    return "run 'tunelab config init' to see every field"
+
+
+def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path in a YAML mapping document to its 1-based line number."""
+    lines: dict[tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: Any, prefix: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                path = prefix + (str(key.value),)
+                lines[path] = key.start_mark.line + 1
+                walk(value, path)
+
+    walk(root, ())
+    return lines
+
+
+def _describe_error(err: dict[str, Any]) -> tuple[str, str]:
+    """Turn one pydantic error into (dotted path, readable message)."""
+    loc = [str(part) for part in err["loc"] if not isinstance(part, int)]
+    path = ".".join(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return path, f"unknown field ({_suggest(path)})"
+    if kind == "value_error" and not loc:
+        return "", err["msg"].removeprefix("Value error, ")
+    message = err["msg"].removeprefix("Value error, ")
+    if "input" in err and kind not in ("missing",):
+        message += f", got {err['input']!r}"
+    return path, message
+
+
+def validate_config(data: Any, source: str | None = None, text: str | None = None) -> RunConfig:
+    """Validate plain data into a ``RunConfig``, turning every problem into one ``ConfigError``.
+
+    Args:
+        data: the parsed mapping.
+        source: file name to mention in errors.
+        text: the YAML text, used to name the line of the first problem.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: listing every problem found, with the first one's field and line.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("a config must be a mapping of fields to values", file=source,
+                          hint="start from 'tunelab config init'")
+    for section in SECTIONS:
+        if section in data and data[section] is None:
+            data[section] = {}
+        elif section in data and not isinstance(data[section], dict):
+            raise ConfigError(f"section '{section}' must be a mapping of fields to values", file=source,
+                              field=section)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        described = [_describe_error(e) for e in exc.errors()]
+        # Cross-field errors arrive as one message, a "path: msg" per line.
+        flat: list[tuple[str, str]] = []
+        for path, message in described:
+            if path:
+                flat.append((path, message))
+            else:
+                for part in message.split("\n"):
+                    field, _, msg = part.partition(": ")
+                    flat.append((field, msg) if msg else ("", field))
+        line_of = _yaml_lines(text) if text else {}
+        first_field = flat[0][0]
+        line = line_of.get(tuple(first_field.split("."))) if first_field else None
+        if len(flat) == 1:
+            what = flat[0][1]
+        else:
+            what = f"{len(flat)} problems: " + "; ".join(
+                (f"{p}" + (f" (line {line_of[tuple(p.split('.'))]})" if tuple(p.split('.')) in line_of else "")
+                 + f": {m}") if p else m
+                for p, m in flat
+            )
+        raise ConfigError(what, file=source, line=line, field=first_field or None) from None
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form section.field=value", field=item,
+                          hint="e.g. --set training.learning_rate=2e-4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``section.field=value`` strings to plain config data (values parsed as YAML scalars/lists)."""
+    for item in overrides or []:
+        parts, value = _parse_override(item)
+        if len(parts) > 2 or not all(parts):
+            raise ConfigError(f"override key '{'.'.join(parts)}' must be 'field' or 'section.field'",
+                              field=".".join(parts), hint=_suggest(".".join(parts)))
+        target = data
+        if len(parts) == 2:
+            section = parts[0]
+            if section not in SECTIONS:
+                raise ConfigError(f"unknown section '{section}'", field=".".join(parts), hint=_suggest(".".join(parts)))
+            target = data.setdefault(section, {}) or {}
+            data[section] = target
+        target[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> tuple[dict[str, Any], str]:
+    """Read a YAML config file, returning its data and text.
+
+    Raises:
+        ConfigError: when the file is missing or is not valid YAML.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config file not found", file=str(path), hint="check the path, or create one with "
+                          "'tunelab config init'")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("config file is not UTF-8 text", file=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"not valid YAML ({getattr(exc, 'problem', exc)})", file=str(path),
+                          line=None if mark is None else mark.line + 1) from None
+    return (data if data is not None else {}), text
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> RunConfig:
+    """Load a config from YAML (or start from ``base``), apply ``--set`` overrides and validate.
+
+    Args:
+        path: a YAML file, or None to start from ``base`` / the defaults.
+        overrides: ``section.field=value`` strings.
+        base: plain data to start from when ``path`` is None.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: on a missing file, invalid YAML, unknown fields or invalid values.
+    """
+    text = None
+    if path is not None:
+        data, text = read_yaml(path)
+    else:
+        data = dict(base or {})
+    if not isinstance(data, dict):
+        raise ConfigError("a config must be a mapping of fields to values", file=None if path is None else str(path))
+    data = apply_overrides(data, overrides)
+    return validate_config(data, source=None if path is None else str(path), text=text)
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML text for plain data, keys in schema order."""
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write ``cfg`` as YAML, atomically."""
+    from tunelab.io import write_text_atomic
+
+    write_text_atomic(path, dump_yaml(cfg.to_dict()))
+
+
+def _fields_of(model: type[BaseModel]) -> list[tuple[str, Any]]:
+    return [(name, f) for name, f in model.model_fields.items() if name not in SECTIONS]
+
+
+def commented_yaml(cfg: RunConfig) -> str:
+    """The config as YAML with every field's description as a comment above it."""
+    data = cfg.to_dict()
+    out = ["# tunelab run configuration. Every field is optional except dataset.train_dataframe.",
+           "# Full reference: docs/config.md", ""]
+
+    def emit(name: str, field: Any, value: Any, indent: str) -> None:
+        for line in _wrap(field.description or "", 116 - len(indent)):
+            out.append(f"{indent}# {line}")
+        rendered = yaml.safe_dump({name: value}, default_flow_style=True, width=10_000).strip()
+        out.append(f"{indent}{rendered[1:-1]}")
+
+    for name, field in _fields_of(RunConfig):
+        emit(name, field, data[name], "")
+    for section, model in SECTIONS.items():
+        out += ["", f"# {RunConfig.model_fields[section].description}", f"{section}:"]
+        for name, field in model.model_fields.items():
+            emit(name, field, data[section][name], "  ")
+    return "\n".join(out) + "\n"
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]
+
+
+def config_reference_markdown() -> str:
+    """``docs/config.md``: every field, its default, bounds and description."""
+    lines = ["# Configuration reference", "",
+             "Generated from the field descriptions in `src/tunelab/config.py` by `tunelab config docs`. "
+             "Do not edit by hand.", "",
+             "Set fields in a YAML file (sections as nested mappings) or on the command line with "
+             "`--set section.field=value`.", ""]
+
+    def table(model: type[BaseModel], prefix: str) -> None:
+        lines.extend(["| field | default | allowed | description |", "|---|---|---|---|"])
+        for name, field in _fields_of(model):
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, tuple):
+                default = list(default)
+            allowed = _allowed(field)
+            desc = (field.description or "").replace("|", "\\|")
+            lines.append(f"| `{prefix}{name}` | `{default!r}` | {allowed} | {desc} |")
+        lines.append("")
+
+    lines += ["## Top level", ""]
+    table(RunConfig, "")
+    for section, model in SECTIONS.items():
+        lines += [f"## {section}", "", RunConfig.model_fields[section].description or "", ""]
+        table(model, f"{section}.")
+    return "\n".join(lines)
+
+
+def _type_text(ann: Any) -> str:
+    """A short human name of a type annotation: 'a \\| b' for literals, 'list of str' for tuples."""
+    import typing
+
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is Literal:
+        return " \\| ".join(str(a) for a in args)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " \\| ".join(_type_text(a) for a in args)
+    if origin is tuple:
+        return f"list of {_type_text(args[0])}"
+    return getattr(ann, "__name__", str(ann))
+
+
+def _allowed(field: Any) -> str:
+    """A short text of a field's type and bounds."""
+    text = _type_text(field.annotation)
+    bounds = []
+    for meta in field.metadata:
+        for attr, sym in (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤"), ("min_length", "at least")):
+            value = getattr(meta, attr, None)
+            if value is not None:
+                bounds.append(f"{sym} {value}")
+    return text + (f" ({', '.join(bounds)})" if bounds else "")

@@ -1,0 +1,66 @@
+"""Loading a finished run from its run directory — the only input of predict, chat, eval and export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.config import RunConfig
+from tunelab.models.adapters import load_trained
+from tunelab.models.load import load_backbone, load_tokenizer, resolve_backbone
+from tunelab.problems import build_problem
+from tunelab.rundir import RunDirectory
+
+
+@dataclass
+class LoadedRun:
+    run: RunDirectory
+    cfg: RunConfig
+    tokenizer: Any
+    problem: Any
+    model: Any
+
+
+def load_run(path: str | Path, device: str | None = None) -> LoadedRun:
+    """The trained model of a run, ready for inference (eval mode).
+
+    Raises:
+        RunDirError: when ``path`` is not a finished run.
+        ModelError: when its backbone cannot be found.
+    """
+    run = RunDirectory.open(path)
+    cfg = run.config()
+    tokenizer = load_tokenizer(str(run.tokenizer_dir))
+    problem = build_problem(cfg, tokenizer)
+    problem.load(run.path)
+    method = cfg.training.adapter
+    model_dir = run.model_dir
+    assert model_dir is not None
+    source = str(model_dir) if method == "none" else resolve_backbone(cfg.llm_backbone)
+    base = load_backbone(source, problem.auto_class(), dtype=cfg.architecture.backbone_dtype,
+                         **problem.model_kwargs())
+    if getattr(base.config, "pad_token_id", None) is None:
+        base.config.pad_token_id = tokenizer.pad_token_id
+    model = load_trained(base, model_dir, method)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    return LoadedRun(run, cfg, tokenizer, problem, model)
+
+
+def load_base(cfg: RunConfig, device: str | None = None) -> LoadedRun:
+    """The untouched backbone of ``cfg`` as a LoadedRun without a run directory (causal LM only)."""
+    from tunelab.errors import ConfigError
+
+    if cfg.problem_type != "causal_lm":
+        raise ConfigError("only a causal LM can answer before training", field="problem_type",
+                          hint="train first: a classification head is created by training")
+    source = resolve_backbone(cfg.llm_backbone)
+    tokenizer = load_tokenizer(source)
+    problem = build_problem(cfg, tokenizer)
+    model = load_backbone(source, problem.auto_class(), dtype=cfg.architecture.backbone_dtype)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    return LoadedRun(None, cfg, tokenizer, problem, model)  # type: ignore[arg-type]

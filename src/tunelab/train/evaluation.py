@@ -1,0 +1,110 @@
+"""Evaluations before, during and after training; the best one; the before/after comparison."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tunelab.config import LOWER_IS_BETTER
+from tunelab.io import atomic_path
+from tunelab.models.adapters import trainable_state
+from tunelab.problems.base import EvalResult
+from tunelab.rundir import RunDirectory
+from tunelab.train.setup import TrainSetup
+from tunelab.train.state import TrainState
+
+
+def is_better(value: float, best: float | None, metric: str) -> bool:
+    """Whether ``value`` improves on ``best`` for ``metric`` (NaN never does)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if best is None:
+        return True
+    return value < best if metric in LOWER_IS_BETTER else value > best
+
+
+class Evaluator:
+    """Runs validation, tracks the best evaluation and keeps its weights when asked to."""
+
+    def __init__(self, s: TrainSetup, run: RunDirectory, console: Any):
+        self.s = s
+        self.run_dir = run
+        self.console = console
+        self.metric = s.cfg.prediction.metric
+        self.key = self.metric.lower()
+        self.before: EvalResult | None = None
+        self.last: EvalResult | None = None
+        self.last_step: int | None = None
+        self.best: EvalResult | None = None
+
+    @property
+    def best_path(self):
+        return self.run_dir.path / "checkpoints" / "best" / "trained_weights.safetensors"
+
+    def evaluate(self) -> EvalResult:
+        return self.s.problem.evaluate(self.s.model, self.s.data.validation, self.s.data.validation_examples)
+
+    def run(self, state: TrainState, phase: str) -> EvalResult:
+        """Evaluate now; ``phase`` is "before" (the untouched backbone) or "during"."""
+        self.console.print(f"evaluating ({phase} training) on {len(self.s.data.validation)} rows ...")
+        result = self.evaluate()
+        if phase == "before":
+            self.before = result
+            return result
+        self.last, self.last_step = result, state.step
+        if is_better(result.metrics.get(self.key), state.best_metric, self.metric):
+            state.best_metric = result.metrics[self.key]
+            state.best_step = state.step
+            state.best_metrics = dict(result.metrics)
+            self.best = result
+            if self.s.cfg.training.save_best_checkpoint:
+                self._save_best()
+        return result
+
+    def _save_best(self) -> None:
+        from safetensors.torch import save_file
+
+        state = {k: v.contiguous() for k, v in trainable_state(self.s.model).items()}
+        with atomic_path(self.best_path) as tmp:
+            save_file(state, str(tmp))
+
+    def finish(self, state: TrainState) -> EvalResult:
+        """The evaluation of the model as it will be saved: the last one, or the best with save_best_checkpoint."""
+        if self.last_step != state.step:
+            self.run(state, "during")
+        if self.s.cfg.training.save_best_checkpoint and self.best is not None and state.best_step != state.step:
+            from safetensors.torch import load_file
+
+            self.s.model.load_state_dict(load_file(str(self.best_path)), strict=False)
+            self.console.print(f"keeping the best checkpoint (step {state.best_step}, {self.metric} "
+                               f"{state.best_metric:.4g})")
+            self.last = self.best
+        assert self.last is not None
+        self.final_best_step = state.best_step
+        return self.last
+
+    def metrics_summary(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        if self.before is not None:
+            out["before"] = dict(self.before.metrics)
+        if self.last is not None:
+            out["after"] = dict(self.last.metrics)
+        if self.best is not None:
+            out["best"] = {**self.best.metrics, "step": self.final_best_step}
+        return out
+
+    def prediction_rows(self) -> list[dict[str, Any]]:
+        """The final validation rows, with the base model's prediction and score beside them when evaluated."""
+        assert self.last is not None
+        rows = [dict(r) for r in self.last.rows]
+        if self.before is not None:
+            for row, old in zip(rows, self.before.rows):
+                row["prediction_before"] = old["prediction"]
+                row["score_before"] = old["score"]
+        return rows
+
+    def examples(self, n: int) -> list[dict[str, Any]]:
+        """The first ``n`` validation rows as prompt / reference / before / after."""
+        rows = self.prediction_rows()[:n]
+        return [{"prompt": r["prompt"], "reference": r["reference"], "before": r.get("prediction_before"),
+                 "after": r["prediction"]} for r in rows]

@@ -1,0 +1,134 @@
+"""Build everything a run needs, in a stated order."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tunelab.config import RunConfig
+from tunelab.data.pipeline import DataSplits, build_splits
+from tunelab.data.tokenize import EncodedSplit
+from tunelab.models.adapters import ParameterCount, apply_adapter, count_parameters
+from tunelab.models.load import load_backbone, load_tokenizer, resolve_backbone
+from tunelab.problems import build_problem
+from tunelab.train.optim import build_optimizer
+from tunelab.train.schedule import build_scheduler
+
+
+class LossModule(torch.nn.Module):
+    """The model plus its problem's loss, as one module, so distributed wrappers see a single forward."""
+
+    def __init__(self, model: torch.nn.Module, problem: Any):
+        super().__init__()
+        self.model = model
+        self.problem = problem
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.problem.loss(self.model, batch)
+
+
+class Collator:
+    """Picklable collate function: data-loader indices -> a padded batch of one split."""
+
+    def __init__(self, problem: Any, split: EncodedSplit, train: bool, generator: torch.Generator | None = None):
+        self.problem, self.split, self.train, self.generator = problem, split, train, generator
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        return self.problem.collate(self.split, list(indices), self.train, self.generator)
+
+
+@dataclass
+class TrainSetup:
+    cfg: RunConfig
+    seed: int
+    accelerator: Any
+    tokenizer: Any
+    problem: Any
+    data: DataSplits
+    model: Any  # the (possibly peft-wrapped) transformers model
+    loss_module: Any  # the prepared LossModule
+    optimizer: Any
+    scheduler: Any
+    loader: torch.utils.data.DataLoader
+    steps_per_epoch: int
+    total_steps: int
+    parameters: ParameterCount
+    backbone_source: str
+
+
+def resolve_seed(seed: int) -> int:
+    """The seed to use: the configured one, or a fresh random one for -1."""
+    return seed if seed >= 0 else secrets.randbelow(2**31 - 1)
+
+
+def mixed_precision_mode(setting: Any) -> str:
+    """accelerate's mixed-precision name for the ``environment.mixed_precision`` setting."""
+    if setting is False or not torch.cuda.is_available():
+        return "no"  # CPU autocast is slower than float32 on most CPUs and changes results
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def build_model(cfg: RunConfig, problem: Any, source: str) -> Any:
+    """Load the backbone with the problem's head, configure it, and apply the adapter."""
+    arch = cfg.architecture
+    model = load_backbone(source, problem.auto_class(), dtype=arch.backbone_dtype,
+                          dropout=arch.intermediate_dropout if arch.intermediate_dropout > 0 else None,
+                          **problem.model_kwargs())
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = problem.tokenizer.pad_token_id
+    if arch.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if arch.force_embedding_gradients:
+        model.get_input_embeddings().weight.requires_grad_(True)
+    model = apply_adapter(model, cfg)
+    if arch.force_embedding_gradients:
+        model.get_input_embeddings().weight.requires_grad_(True)
+    return model
+
+
+def count_steps(cfg: RunConfig, n_train: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps)."""
+    training = cfg.training
+    batches = n_train // training.batch_size if training.drop_last_batch else math.ceil(n_train / training.batch_size)
+    batches = max(batches, 1)
+    per_epoch = math.ceil(batches / training.grad_accumulation)
+    total = training.max_steps if training.max_steps > 0 else per_epoch * training.epochs
+    return per_epoch, total
+
+
+def setup(cfg: RunConfig, seed: int) -> TrainSetup:
+    """Build tokenizer -> data -> model -> adapter -> optimizer -> scheduler, then hand them to accelerate."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    # Seed first: data order, dropout and new heads all draw from it.
+    set_seed(seed)
+    accelerator = Accelerator(mixed_precision=mixed_precision_mode(cfg.environment.mixed_precision), cpu=not
+                              torch.cuda.is_available())
+    source = resolve_backbone(cfg.llm_backbone)
+    # The tokenizer comes before the data: rendering and token lengths depend on it.
+    tokenizer = load_tokenizer(source)
+    problem = build_problem(cfg, tokenizer)
+    # The data comes before the model: a classification head's size is the number of classes found.
+    data = build_splits(cfg, problem)
+    model = build_model(cfg, problem, source)
+    parameters = count_parameters(model)
+    # The optimizer comes after the adapter: it must see only the parameters that train.
+    optimizer = build_optimizer(model, cfg.training)
+    steps_per_epoch, total_steps = count_steps(cfg, len(data.train))
+    warmup = round(cfg.training.warmup_epochs * steps_per_epoch)
+    scheduler = build_scheduler(optimizer, cfg.training.schedule, total_steps, warmup)
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(
+        range(len(data.train)), batch_size=cfg.training.batch_size, shuffle=True,
+        drop_last=cfg.training.drop_last_batch and len(data.train) >= cfg.training.batch_size,
+        generator=generator, collate_fn=Collator(problem, data.train, train=True, generator=generator),
+        num_workers=cfg.environment.number_of_workers)
+    loss_module, optimizer = accelerator.prepare(LossModule(model, problem), optimizer)
+    return TrainSetup(cfg, seed, accelerator, tokenizer, problem, data, model, loss_module, optimizer, scheduler,
+                      loader, steps_per_epoch, total_steps, parameters, source)
