@@ -15,8 +15,8 @@ from tunelab.infer.model import load_run
 from tunelab.models.adapters import count_parameters
 from tunelab.models.load import load_tokenizer, resolve_backbone
 from tunelab.problems import build_problem
-from tunelab.train.loop import accumulation_windows, train, train_step
-from tunelab.train.setup import build_model, setup
+from tunelab.training.loop import accumulation_windows, train, train_step
+from tunelab.training.setup import build_model, setup
 
 
 def built(cfg_data):

@@ -15,7 +15,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     if name == "RunResult":
-        from tunelab.train.loop import RunResult
+        from tunelab.training.loop import RunResult
 
         return RunResult
     if name in ("RunConfig", "load_config"):

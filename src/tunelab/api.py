@@ -19,8 +19,8 @@ from tunelab.config import RunConfig, apply_overrides, load_config
 from tunelab.errors import DataError, TunelabError
 from tunelab.io import write_json_atomic
 from tunelab.rundir import write_rows
-from tunelab.train.loop import RunResult
-from tunelab.train.loop import train as _train
+from tunelab.training.loop import RunResult
+from tunelab.training.loop import train as _train
 
 
 def _as_config(config: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | None = None) -> RunConfig:

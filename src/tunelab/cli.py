@@ -57,7 +57,7 @@ def train(
     """Train a model: load, evaluate, fine-tune, evaluate again, and save a run directory."""
     from tunelab.config import load_config
     from tunelab.quickstart import quickstart_config
-    from tunelab.train.loop import train as run_training
+    from tunelab.training.loop import train as run_training
 
     if config is None:
         cfg = load_config(base=quickstart_config(), overrides=overrides)

@@ -15,8 +15,8 @@ from tunelab.data.tokenize import EncodedSplit
 from tunelab.models.adapters import ParameterCount, apply_adapter, count_parameters
 from tunelab.models.load import load_backbone, load_tokenizer, resolve_backbone
 from tunelab.problems import build_problem
-from tunelab.train.optim import build_optimizer
-from tunelab.train.schedule import build_scheduler
+from tunelab.training.optim import build_optimizer
+from tunelab.training.schedule import build_scheduler
 
 
 class LossModule(torch.nn.Module):

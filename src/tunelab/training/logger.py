@@ -9,7 +9,7 @@ from typing import Any
 
 from tunelab.io import append_jsonl
 from tunelab.rundir import RunDirectory
-from tunelab.train.state import TrainState
+from tunelab.training.state import TrainState
 
 
 class MetricLogger:

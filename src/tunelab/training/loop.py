@@ -13,10 +13,10 @@ import torch
 
 from tunelab.config import RunConfig
 from tunelab.rundir import RunDirectory
-from tunelab.train.evaluation import Evaluator
-from tunelab.train.logger import MetricLogger, progress_bar
-from tunelab.train.setup import TrainSetup, resolve_seed, setup
-from tunelab.train.state import TrainState
+from tunelab.training.evaluation import Evaluator
+from tunelab.training.logger import MetricLogger, progress_bar
+from tunelab.training.setup import TrainSetup, resolve_seed, setup
+from tunelab.training.state import TrainState
 
 log = logging.getLogger("tunelab")
 

@@ -10,8 +10,8 @@ from tunelab.io import atomic_path
 from tunelab.models.adapters import trainable_state
 from tunelab.problems.base import EvalResult
 from tunelab.rundir import RunDirectory
-from tunelab.train.setup import TrainSetup
-from tunelab.train.state import TrainState
+from tunelab.training.setup import TrainSetup
+from tunelab.training.state import TrainState
 
 
 def is_better(value: float, best: float | None, metric: str) -> bool:
