@@ -39,10 +39,19 @@ def tiny_llama(tmp_path_factory, tiny_tokenizer_dir) -> Path:
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
     path = tmp_path_factory.mktemp("models") / "tiny-llama"
     LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
@@ -57,8 +66,15 @@ def tiny_bert(tmp_path_factory, tiny_tokenizer_dir) -> Path:
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    config = BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, max_position_embeddings=512, pad_token_id=tok.pad_token_id)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+    )
     path = tmp_path_factory.mktemp("models") / "tiny-bert"
     BertModel(config).save_pretrained(path)
     tok.save_pretrained(path)
@@ -92,9 +108,15 @@ def sentiment_csv(tmp_path_factory) -> Path:
 def causal_config(model: Path, data: Path, out: Path, **sections) -> dict:
     """Plain config data for a fast causal-LM run on a tiny model."""
     cfg = {
-        "llm_backbone": str(model), "output_directory": str(out), "experiment_name": "causal",
-        "dataset": {"train_dataframe": str(data), "prompt_column": ["question"], "answer_column": "answer",
-                    "validation_size": 5},
+        "llm_backbone": str(model),
+        "output_directory": str(out),
+        "experiment_name": "causal",
+        "dataset": {
+            "train_dataframe": str(data),
+            "prompt_column": ["question"],
+            "answer_column": "answer",
+            "validation_size": 5,
+        },
         "training": {"epochs": 2, "batch_size": 4, "learning_rate": 1e-2, "logging_steps": 2},
         "prediction": {"max_length_inference": 8},
         "environment": {"seed": 1},
@@ -107,10 +129,16 @@ def causal_config(model: Path, data: Path, out: Path, **sections) -> dict:
 def classification_config(model: Path, data: Path, out: Path, **sections) -> dict:
     """Plain config data for a fast classification run on a tiny model."""
     cfg = {
-        "problem_type": "classification", "llm_backbone": str(model), "output_directory": str(out),
+        "problem_type": "classification",
+        "llm_backbone": str(model),
+        "output_directory": str(out),
         "experiment_name": "cls",
-        "dataset": {"train_dataframe": str(data), "prompt_column": ["text"], "label_column": "label",
-                    "validation_size": 0.2},
+        "dataset": {
+            "train_dataframe": str(data),
+            "prompt_column": ["text"],
+            "label_column": "label",
+            "validation_size": 0.2,
+        },
         "training": {"epochs": 3, "batch_size": 8, "learning_rate": 5e-3},
         "environment": {"seed": 1},
     }

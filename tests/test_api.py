@@ -10,9 +10,16 @@ from tunelab.errors import ConfigError, DataError, TunelabError
 
 
 def test_runner_three_lines(tiny_llama, qa_jsonl, tmp_path):
-    r = tunelab.Runner(str(tiny_llama), output_directory=str(tmp_path), verbose=False,
-                       config={"training": {"epochs": 2, "learning_rate": 1e-2}, "dataset": {"validation_size": 4},
-                               "prediction": {"max_length_inference": 6}})
+    r = tunelab.Runner(
+        str(tiny_llama),
+        output_directory=str(tmp_path),
+        verbose=False,
+        config={
+            "training": {"epochs": 2, "learning_rate": 1e-2},
+            "dataset": {"validation_size": 4},
+            "prediction": {"max_length_inference": 6},
+        },
+    )
     r.load_data_from_jsonlines(qa_jsonl, input_key="question", output_key="answer")
     result = r.train()
     assert result.metrics["after"]["loss"] < result.metrics["before"]["loss"]
@@ -24,8 +31,12 @@ def test_runner_three_lines(tiny_llama, qa_jsonl, tmp_path):
 
 
 def test_runner_answers_with_the_base_model_before_training(tiny_llama, tmp_path):
-    r = tunelab.Runner(str(tiny_llama), output_directory=str(tmp_path), verbose=False,
-                       config={"prediction": {"max_length_inference": 3}})
+    r = tunelab.Runner(
+        str(tiny_llama),
+        output_directory=str(tmp_path),
+        verbose=False,
+        config={"prediction": {"max_length_inference": 3}},
+    )
     assert isinstance(r("hello"), str)
     with pytest.raises(TunelabError, match="train"):
         r.evaluate()
@@ -49,8 +60,9 @@ def test_runner_rejects_bad_settings_at_once(tmp_path):
 def test_train_function_takes_a_dict_or_a_path(tiny_llama, qa_jsonl, tmp_path):
     import yaml
 
-    data = causal_config(tiny_llama, qa_jsonl, tmp_path, training={"max_steps": 1},
-                         prediction={"max_length_inference": 2})
+    data = causal_config(
+        tiny_llama, qa_jsonl, tmp_path, training={"max_steps": 1}, prediction={"max_length_inference": 2}
+    )
     result = tunelab.train(data)
     assert isinstance(result, tunelab.RunResult) and (result.run_dir / "metrics.json").is_file()
     path = tmp_path / "c.yaml"

@@ -15,8 +15,7 @@ TUNELAB = str(Path(sys.executable).parent / "tunelab")
 
 
 def run(*args, stdin=None, cwd=None):
-    return subprocess.run([TUNELAB, *map(str, args)], capture_output=True, text=True, input=stdin, cwd=cwd,
-                          timeout=600)
+    return subprocess.run([TUNELAB, *map(str, args)], capture_output=True, text=True, input=stdin, cwd=cwd, timeout=600)
 
 
 def assert_one_line_error(proc, *needles):
@@ -37,8 +36,9 @@ def write_config(path: Path, data: dict) -> Path:
 
 @pytest.fixture
 def tiny_cfg(tiny_llama, qa_jsonl, tmp_path):
-    return causal_config(tiny_llama, qa_jsonl, tmp_path / "out", training={"max_steps": 2},
-                         prediction={"max_length_inference": 4})
+    return causal_config(
+        tiny_llama, qa_jsonl, tmp_path / "out", training={"max_steps": 2}, prediction={"max_length_inference": 4}
+    )
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -75,7 +75,9 @@ def test_wrong_value_type_in_a_row(tiny_cfg, tmp_path):
 def test_unknown_config_key(tiny_cfg, tmp_path):
     tiny_cfg["training"]["learnig_rate"] = 0.1
     config = write_config(tmp_path / "c.yaml", tiny_cfg)
-    assert_one_line_error(run("train", config), "c.yaml", "training.learnig_rate", "did you mean 'training.learning_rate'")
+    assert_one_line_error(
+        run("train", config), "c.yaml", "training.learnig_rate", "did you mean 'training.learning_rate'"
+    )
 
 
 def test_wrong_config_type(tiny_cfg, tmp_path):
@@ -119,8 +121,9 @@ def test_existing_run_is_refused(tiny_cfg, tmp_path):
 
 
 def test_predict_on_something_that_is_not_a_run(tmp_path):
-    assert_one_line_error(run("predict", tmp_path, "--input", "x.csv", "--output", tmp_path / "o.csv"),
-                          "not a tunelab run directory")
+    assert_one_line_error(
+        run("predict", tmp_path, "--input", "x.csv", "--output", tmp_path / "o.csv"), "not a tunelab run directory"
+    )
 
 
 # ------------------------------------------------------------------------------------------ happy paths
@@ -133,7 +136,10 @@ def test_config_init_and_validate(tmp_path, qa_jsonl):
     proc = run("config", "validate", out)
     assert_one_line_error(proc, "train_dataframe")
     proc = run("config", "validate", out, "--set", f"dataset.train_dataframe={qa_jsonl}")
-    assert proc.returncode == 0 and "valid" in proc.stdout
+    assert_one_line_error(proc, "qa.jsonl", "line 1", "field 'instruction'")  # the default prompt column
+    proc = run("config", "validate", out, "--set", f"dataset.train_dataframe={qa_jsonl}",
+               "--set", "dataset.prompt_column=question", "--set", "dataset.answer_column=answer")
+    assert proc.returncode == 0 and "40 training rows" in proc.stdout
 
 
 def test_train_predict_eval_chat(tiny_cfg, tmp_path, qa_jsonl):

@@ -65,11 +65,20 @@ def test_wrong_type_names_field_and_value():
     assert "'four'" in str(err.value)
 
 
-@pytest.mark.parametrize("section,field,value", [
-    ("training", "learning_rate", 0), ("training", "batch_size", 0), ("tokenizer", "padding_quantile", 1.5),
-    ("dataset", "validation_size", 0), ("dataset", "validation_size", 2.5), ("training", "lora_dropout", 1.0),
-    ("environment", "seed", -2), ("training", "optimizer", "Adamw"), ("training", "schedule", "cosine"),
-])
+@pytest.mark.parametrize(
+    "section,field,value",
+    [
+        ("training", "learning_rate", 0),
+        ("training", "batch_size", 0),
+        ("tokenizer", "padding_quantile", 1.5),
+        ("dataset", "validation_size", 0),
+        ("dataset", "validation_size", 2.5),
+        ("training", "lora_dropout", 1.0),
+        ("environment", "seed", -2),
+        ("training", "optimizer", "Adamw"),
+        ("training", "schedule", "cosine"),
+    ],
+)
 def test_bounds_are_enforced(section, field, value):
     with pytest.raises(ConfigError) as err:
         validate_config({section: {field: value}})
@@ -78,16 +87,26 @@ def test_bounds_are_enforced(section, field, value):
 
 def test_cross_field_rules_are_reported_together():
     with pytest.raises(ConfigError) as err:
-        validate_config({"problem_type": "classification", "prediction": {"metric": "BLEU"},
-                         "dataset": {"validation_strategy": "custom"}})
+        validate_config(
+            {
+                "problem_type": "classification",
+                "prediction": {"metric": "BLEU"},
+                "dataset": {"validation_strategy": "custom"},
+            }
+        )
     message = str(err.value)
     assert "2 problems" in message
     assert "prediction.metric" in message and "dataset.validation_dataframe" in message
 
 
 def test_yaml_round_trip(tmp_path):
-    cfg = load_config(base={"problem_type": "classification", "dataset": {"prompt_column": ["a", "b"]},
-                            "training": {"learning_rate": 3e-4, "adapter": "head_only"}})
+    cfg = load_config(
+        base={
+            "problem_type": "classification",
+            "dataset": {"prompt_column": ["a", "b"]},
+            "training": {"learning_rate": 3e-4, "adapter": "head_only"},
+        }
+    )
     path = tmp_path / "c.yaml"
     path.write_text(dump_yaml(cfg.to_dict()))
     assert load_config(path) == cfg
@@ -101,8 +120,9 @@ def test_commented_yaml_loads_back_to_the_same_config():
 
 
 def test_overrides_parse_values_as_yaml():
-    data = apply_overrides({}, ["training.learning_rate=2e-4", "dataset.prompt_column=[a, b]",
-                                "llm_backbone=foo/bar", "training.epochs=3"])
+    data = apply_overrides(
+        {}, ["training.learning_rate=2e-4", "dataset.prompt_column=[a, b]", "llm_backbone=foo/bar", "training.epochs=3"]
+    )
     cfg = validate_config(data)
     assert cfg.training.learning_rate == pytest.approx(2e-4)
     assert cfg.dataset.prompt_column == ("a", "b")

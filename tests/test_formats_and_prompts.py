@@ -19,8 +19,9 @@ def tok(tiny_tokenizer_dir):
 
 def cfg(**dataset):
     tokenizer = dataset.pop("tokenizer", {})
-    return load_config(base={"dataset": {"prompt_column": ["q"], "answer_column": "a", **dataset},
-                             "tokenizer": tokenizer})
+    return load_config(
+        base={"dataset": {"prompt_column": ["q"], "answer_column": "a", **dataset}, "tokenizer": tokenizer}
+    )
 
 
 def record(data, row=3):
@@ -30,8 +31,11 @@ def record(data, row=3):
 def test_prompt_columns_are_joined_and_system_added():
     c = cfg(prompt_column=["q", "ctx"], system_column="sys")
     ex = causal_example(record({"q": "hi", "ctx": "there", "a": "yo", "sys": "be nice"}), c)
-    assert ex["messages"] == [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi\nthere"},
-                              {"role": "assistant", "content": "yo"}]
+    assert ex["messages"] == [
+        {"role": "system", "content": "be nice"},
+        {"role": "user", "content": "hi\nthere"},
+        {"role": "assistant", "content": "yo"},
+    ]
 
 
 def test_numbers_become_text_and_bad_cells_name_row_and_field():
@@ -61,21 +65,23 @@ def test_chat_template_render_masks_prompt_and_ends_with_eos(tok):
     prompt_ids = renderer.prompt_ids(messages[:-1])
     assert r.input_ids[: len(prompt_ids)] == prompt_ids  # training starts from exactly the inference prompt
     assert r.labels[: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
-    answer = r.input_ids[len(prompt_ids):]
-    assert r.labels[len(prompt_ids):] == answer
+    answer = r.input_ids[len(prompt_ids) :]
+    assert r.labels[len(prompt_ids) :] == answer
     assert answer[-1] == tok.eos_token_id
     assert tok.decode(answer, skip_special_tokens=True) == "4"
 
 
 def test_unmasked_prompt_trains_every_token(tok):
     r = PromptRenderer(cfg(mask_prompt_labels=False), tok).render(
-        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    )
     assert r.labels == r.input_ids
 
 
 def test_plain_text_rendering_uses_h2o_fields(tok):
-    c = cfg(use_chat_template=False, text_prompt_start="<q>", text_answer_separator="<a>",
-            add_eos_token_to_prompt=False)
+    c = cfg(
+        use_chat_template=False, text_prompt_start="<q>", text_answer_separator="<a>", add_eos_token_to_prompt=False
+    )
     renderer = PromptRenderer(c, tok)
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
     assert renderer.prompt_text(messages[:-1]) == "<q>hi<a>"
@@ -85,8 +91,11 @@ def test_plain_text_rendering_uses_h2o_fields(tok):
 
 
 def test_truncation_cuts_prompt_left_and_answer_right(tok):
-    c = cfg(tokenizer={"max_length_prompt": 6, "max_length_answer": 4, "max_length": 8}, use_chat_template=False,
-            add_eos_token_to_prompt=False)
+    c = cfg(
+        tokenizer={"max_length_prompt": 6, "max_length_answer": 4, "max_length": 8},
+        use_chat_template=False,
+        add_eos_token_to_prompt=False,
+    )
     renderer = PromptRenderer(c, tok)
     long_prompt = "the quick brown fox jumps over the lazy dog"
     long_answer = "paris is the capital of france and more"
@@ -95,9 +104,9 @@ def test_truncation_cuts_prompt_left_and_answer_right(tok):
     full_answer = tok(long_answer + tok.eos_token, add_special_tokens=False)["input_ids"]
     assert len(r.input_ids) == 8
     assert r.answer_truncated
-    answer = r.input_ids[r.prompt_length:]
+    answer = r.input_ids[r.prompt_length :]
     assert answer == full_answer[: len(answer)]  # the answer keeps its start
-    assert r.input_ids[: r.prompt_length] == full_prompt[-r.prompt_length:]  # the prompt keeps its end
+    assert r.input_ids[: r.prompt_length] == full_prompt[-r.prompt_length :]  # the prompt keeps its end
 
 
 def test_use_chat_template_true_without_template_is_an_error(tok):

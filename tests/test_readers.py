@@ -53,20 +53,23 @@ def test_parquet(tmp_path):
     assert read_columns(path) == ["q", "n"]
 
 
-@pytest.mark.parametrize("name,content,expect", [
-    ("empty.jsonl", b"", "empty"),
-    ("header.csv", b"q,a\n", "no data rows"),
-    ("bad.jsonl", b'{"q": 1}\n{"q": \n', "line 2"),
-    ("scalar.jsonl", b'{"q": 1}\n[1, 2]\n', "line 2"),
-    ("fields.csv", b"q,a\n1,2\n1,2,3\n", "row 2"),
-    ("latin.csv", b"q,a\ncaf\xe9,1\n", "not UTF-8"),
-    ("semicolon.csv", b"q;a\n1;2\n", "delimiter"),
-    ("dup.csv", b"q,q\n1,2\n", "twice"),
-    ("bad.json", b"[{\"q\": 1},", "not valid JSON"),
-    ("lines.json", b'{"q": 1}\n{"q": 2}\n', ".jsonl"),
-    ("bad.parquet", b"PAR1 not really", "Parquet"),
-    ("data.xlsx", b"xx", "unsupported"),
-])
+@pytest.mark.parametrize(
+    "name,content,expect",
+    [
+        ("empty.jsonl", b"", "empty"),
+        ("header.csv", b"q,a\n", "no data rows"),
+        ("bad.jsonl", b'{"q": 1}\n{"q": \n', "line 2"),
+        ("scalar.jsonl", b'{"q": 1}\n[1, 2]\n', "line 2"),
+        ("fields.csv", b"q,a\n1,2\n1,2,3\n", "row 2"),
+        ("latin.csv", b"q,a\ncaf\xe9,1\n", "not UTF-8"),
+        ("semicolon.csv", b"q;a\n1;2\n", "delimiter"),
+        ("dup.csv", b"q,q\n1,2\n", "twice"),
+        ("bad.json", b'[{"q": 1},', "not valid JSON"),
+        ("lines.json", b'{"q": 1}\n{"q": 2}\n', ".jsonl"),
+        ("bad.parquet", b"PAR1 not really", "Parquet"),
+        ("data.xlsx", b"xx", "unsupported"),
+    ],
+)
 def test_malformed_files_fail_with_location(tmp_path, name, content, expect):
     path = tmp_path / name
     path.write_bytes(content)

@@ -44,8 +44,9 @@ def test_split_needs_two_rows():
 def make_split(seqs, labels=None, targets=None):
     builder = SplitBuilder()
     for i, seq in enumerate(seqs):
-        builder.add(seq, i + 1, labels=None if labels is None else labels[i],
-                    target=None if targets is None else targets[i])
+        builder.add(
+            seq, i + 1, labels=None if labels is None else labels[i], target=None if targets is None else targets[i]
+        )
     return builder.build()
 
 
@@ -70,7 +71,9 @@ def test_pad_causal_right_pads_and_counts_trained_tokens():
 
 def test_padding_quantile_cuts_long_rows_from_the_left():
     assert batch_length([2, 4, 10], 1.0) == 10
-    split = make_split([[1] * 2, [2] * 3, [3, 4, 5, 6, 7, 8, 9, 10]], labels=[[1] * 2, [2] * 3, [3, 4, 5, 6, 7, 8, 9, 10]])
+    split = make_split(
+        [[1] * 2, [2] * 3, [3, 4, 5, 6, 7, 8, 9, 10]], labels=[[1] * 2, [2] * 3, [3, 4, 5, 6, 7, 8, 9, 10]]
+    )
     batch = pad_causal(split, [0, 1, 2], pad_id=0, quantile=0.5)
     assert batch["input_ids"].shape[1] == 3
     assert batch["input_ids"][2].tolist() == [8, 9, 10]  # the end (the answer) survives
@@ -80,8 +83,9 @@ def test_token_masking_touches_only_prompt_tokens():
     seq = list(range(1, 41))
     labels = [IGNORE_INDEX] * 20 + seq[20:]
     split = make_split([seq], labels=[labels])
-    batch = pad_causal(split, [0], pad_id=0, mask_probability=0.5, mask_id=99,
-                       generator=torch.Generator().manual_seed(0))
+    batch = pad_causal(
+        split, [0], pad_id=0, mask_probability=0.5, mask_id=99, generator=torch.Generator().manual_seed(0)
+    )
     ids = batch["input_ids"][0].tolist()
     assert ids[20:] == seq[20:]
     masked = sum(1 for x in ids[:20] if x == 99)

@@ -30,8 +30,11 @@ def built(cfg_data):
 def test_lora_starts_equal_to_the_base_model(tiny_llama, qa_jsonl, tmp_path):
     cfg, problem, data = built(causal_config(tiny_llama, qa_jsonl, tmp_path))
     torch.manual_seed(0)
-    base = build_model(cfg.model_copy(update={"training": cfg.training.model_copy(update={"adapter": "none"})}),
-                       problem, str(tiny_llama))
+    base = build_model(
+        cfg.model_copy(update={"training": cfg.training.model_copy(update={"adapter": "none"})}),
+        problem,
+        str(tiny_llama),
+    )
     lora = build_model(cfg, problem, str(tiny_llama))
     batch = problem.collate(data.train, [0, 1, 2], train=False)
     with torch.no_grad():
@@ -61,8 +64,9 @@ def test_fast_loss_equals_full_logits_loss(tiny_llama, qa_jsonl, tmp_path):
     batch = problem.collate(data.train, [0, 1, 2, 3], train=False)
     loss_sum, count = problem.loss(model, batch)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    reference = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:],
-                                                  reduction="sum", ignore_index=-100)
+    reference = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:], reduction="sum", ignore_index=-100
+    )
     assert int(count) == int(batch["num_trained"]) > 0
     assert torch.allclose(loss_sum, reference, rtol=1e-5)
 
@@ -87,12 +91,24 @@ def test_accumulation_normalises_by_tokens_of_the_whole_window(tiny_llama, qa_js
     """Two micro-batches of 2 rows give the gradient of one batch of 4 rows."""
     grads = {}
     for batch_size, accumulation in ((4, 1), (2, 2)):
-        cfg = load_config(base=causal_config(tiny_llama, qa_jsonl, tmp_path, training={
-            "batch_size": batch_size, "grad_accumulation": accumulation, "adapter": "none", "learning_rate": 1e-9}))
+        cfg = load_config(
+            base=causal_config(
+                tiny_llama,
+                qa_jsonl,
+                tmp_path,
+                training={
+                    "batch_size": batch_size,
+                    "grad_accumulation": accumulation,
+                    "adapter": "none",
+                    "learning_rate": 1e-9,
+                },
+            )
+        )
         s = setup(cfg, seed=1)
         split = s.data.train
-        batches = [s.problem.collate(split, idx, train=False) for idx in ([0, 1, 2, 3],) if batch_size == 4] or \
-                  [s.problem.collate(split, idx, train=False) for idx in ([0, 1], [2, 3])]
+        batches = [s.problem.collate(split, idx, train=False) for idx in ([0, 1, 2, 3],) if batch_size == 4] or [
+            s.problem.collate(split, idx, train=False) for idx in ([0, 1], [2, 3])
+        ]
         window = next(accumulation_windows(batches, accumulation))
         s.optimizer.step = lambda: None  # keep the gradients to compare them
         s.optimizer.zero_grad = lambda set_to_none=True: None
@@ -105,8 +121,16 @@ def test_causal_run_writes_the_run_directory(tiny_llama, qa_jsonl, tmp_path):
     cfg = load_config(base=causal_config(tiny_llama, qa_jsonl, tmp_path, environment={"seed": -1}))
     result = train(cfg)
     run = result.run_dir
-    for name in ("config.yaml", "run.json", "metrics.json", "metrics.jsonl", "validation_predictions.csv",
-                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "tokenizer/tokenizer.json"):
+    for name in (
+        "config.yaml",
+        "run.json",
+        "metrics.json",
+        "metrics.jsonl",
+        "validation_predictions.csv",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "tokenizer/tokenizer.json",
+    ):
         assert (run / name).exists(), name
     assert list((run / "logs").glob("events.out.tfevents.*"))
     metrics = json.loads((run / "metrics.json").read_text())
@@ -115,8 +139,9 @@ def test_causal_run_writes_the_run_directory(tiny_llama, qa_jsonl, tmp_path):
     assert metrics["after"]["loss"] < metrics["before"]["loss"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if "loss" in r]
-    assert train_records and all({"step", "epoch", "loss", "learning_rate", "tokens_per_s"} <= set(r)
-                                 for r in train_records)
+    assert train_records and all(
+        {"step", "epoch", "loss", "learning_rate", "tokens_per_s"} <= set(r) for r in train_records
+    )
     assert any("eval_bleu" in r for r in records)
     steps = [r["step"] for r in records]
     assert steps == sorted(set(steps))  # one record per logged step
@@ -137,8 +162,11 @@ def test_same_seed_same_run(tiny_llama, qa_jsonl, tmp_path):
 
 
 def test_existing_run_directory_is_not_overwritten_without_force(tiny_llama, qa_jsonl, tmp_path):
-    cfg = load_config(base=causal_config(tiny_llama, qa_jsonl, tmp_path, training={"max_steps": 1},
-                                         prediction={"max_length_inference": 2}))
+    cfg = load_config(
+        base=causal_config(
+            tiny_llama, qa_jsonl, tmp_path, training={"max_steps": 1}, prediction={"max_length_inference": 2}
+        )
+    )
     train(cfg)
     marker = cfg.run_dir / "metrics.json"
     before = marker.read_text()
@@ -150,9 +178,15 @@ def test_existing_run_directory_is_not_overwritten_without_force(tiny_llama, qa_
 
 
 def test_max_steps_overrides_epochs_and_save_best(tiny_llama, qa_jsonl, tmp_path):
-    cfg = load_config(base=causal_config(tiny_llama, qa_jsonl, tmp_path, training={
-        "max_steps": 6, "epochs": 50, "evaluation_epochs": 0.25, "save_best_checkpoint": True},
-        prediction={"metric": "Perplexity"}))
+    cfg = load_config(
+        base=causal_config(
+            tiny_llama,
+            qa_jsonl,
+            tmp_path,
+            training={"max_steps": 6, "epochs": 50, "evaluation_epochs": 0.25, "save_best_checkpoint": True},
+            prediction={"metric": "Perplexity"},
+        )
+    )
     result = train(cfg)
     info = json.loads((result.run_dir / "run.json").read_text())
     assert info["steps"] == 6
@@ -168,8 +202,11 @@ def test_max_steps_overrides_epochs_and_save_best(tiny_llama, qa_jsonl, tmp_path
 def test_classification_adapters_train_and_report_share(tiny_bert, sentiment_csv, tmp_path, adapter):
     # A random tiny encoder gives weak features: the head alone needs a bigger step to move the loss.
     lr = 5e-2 if adapter == "head_only" else 5e-3
-    cfg = load_config(base=classification_config(tiny_bert, sentiment_csv, tmp_path,
-                                                 training={"adapter": adapter, "learning_rate": lr}))
+    cfg = load_config(
+        base=classification_config(
+            tiny_bert, sentiment_csv, tmp_path, training={"adapter": adapter, "learning_rate": lr}
+        )
+    )
     result = train(cfg)
     assert (result.run_dir / "labels.json").is_file()
     assert json.loads((result.run_dir / "labels.json").read_text())["classes"] == ["negative", "positive"]

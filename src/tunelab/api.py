@@ -31,8 +31,12 @@ def _as_config(config: RunConfig | dict[str, Any] | str | Path, overrides: list[
     return load_config(config, overrides)
 
 
-def train(config: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | None = None,
-          force: bool = False, console: Any = None) -> RunResult:
+def train(
+    config: RunConfig | dict[str, Any] | str | Path,
+    overrides: list[str] | None = None,
+    force: bool = False,
+    console: Any = None,
+) -> RunResult:
     """Train one run.
 
     Args:
@@ -63,8 +67,10 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[d
     result = loaded.problem.evaluate(loaded.model, split, examples)
     name = Path(data).stem if data is not None else "validation"
     out_dir = loaded.run.path / "evaluations"
-    write_json_atomic(out_dir / f"{name}.json", {"data": str(data) if data else "validation split",
-                                                 "metrics": result.metrics, "time": time.time()})
+    write_json_atomic(
+        out_dir / f"{name}.json",
+        {"data": str(data) if data else "validation split", "metrics": result.metrics, "time": time.time()},
+    )
     out = write_rows(out_dir / f"{name}_predictions.csv", result.rows)
     return result.metrics, out
 
@@ -103,11 +109,19 @@ class Runner:
         verbose: print progress while training.
     """
 
-    def __init__(self, model_name: str = "smollm2-135m-instruct", problem_type: str = "causal_lm",
-                 output_directory: str = "output", experiment_name: str | None = None,
-                 config: dict[str, Any] | None = None, verbose: bool = True):
+    def __init__(
+        self,
+        model_name: str = "smollm2-135m-instruct",
+        problem_type: str = "causal_lm",
+        output_directory: str = "output",
+        experiment_name: str | None = None,
+        config: dict[str, Any] | None = None,
+        verbose: bool = True,
+    ):
         self.base: dict[str, Any] = {
-            "llm_backbone": model_name, "problem_type": problem_type, "output_directory": output_directory,
+            "llm_backbone": model_name,
+            "problem_type": problem_type,
+            "output_directory": output_directory,
             "experiment_name": experiment_name or time.strftime("runner-%Y%m%d-%H%M%S"),
         }
         for key, value in (config or {}).items():
@@ -127,14 +141,21 @@ class Runner:
     def _dataset(self) -> dict[str, Any]:
         return self.base.setdefault("dataset", {})
 
-    def load_data_from_jsonlines(self, path: str | Path, input_key: str = "question",
-                                 output_key: str = "answer") -> None:
+    def load_data_from_jsonlines(
+        self, path: str | Path, input_key: str = "question", output_key: str = "answer"
+    ) -> None:
         """Use a JSON-lines file as training data (a share is held out for validation)."""
         if not Path(path).is_file():
             raise DataError("data file not found", file=str(path))
-        self._dataset().update(train_dataframe=str(path), prompt_column=[input_key],
-                               **({"label_column": output_key} if self.base["problem_type"] == "classification"
-                                  else {"answer_column": output_key}))
+        self._dataset().update(
+            train_dataframe=str(path),
+            prompt_column=[input_key],
+            **(
+                {"label_column": output_key}
+                if self.base["problem_type"] == "classification"
+                else {"answer_column": output_key}
+            ),
+        )
 
     def load_data(self, rows: list[dict[str, Any]], input_key: str = "question", output_key: str = "answer") -> None:
         """Use in-memory rows (a list of dicts) as training data; they are written to the output directory."""

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -14,8 +14,12 @@ from rich.table import Table
 
 from tunelab.errors import TunelabError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Fine-tune language models with one typed config. Docs: README.md, docs/config.md.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Fine-tune language models with one typed config. Docs: README.md, docs/config.md.",
+)
 config_app = typer.Typer(no_args_is_help=True, help="Write, check and document config files.")
 app.add_typer(config_app, name="config")
 
@@ -50,8 +54,8 @@ def _setup_logging() -> None:
 # ---------------------------------------------------------------------------------------------------------- train
 @app.command()
 def train(
-    config: Optional[Path] = typer.Argument(None, help="YAML config; omit it to run the quick start."),
-    overrides: Optional[list[str]] = SetOption,
+    config: Path | None = typer.Argument(None, help="YAML config; omit it to run the quick start."),
+    overrides: list[str] | None = SetOption,
     force: bool = typer.Option(False, "--force", help="Replace an existing run directory of the same name."),
 ) -> None:
     """Train a model: load, evaluate, fine-tune, evaluate again, and save a run directory."""
@@ -80,8 +84,10 @@ def show_result(result: Any) -> None:
     for name in names:
         table.add_row(name, *[_fmt(metrics[p].get(name)) for p in ("before", "after", "best") if p in metrics])
     console.print(table)
-    console.print(f"trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,} "
-                  f"({100 * result.trainable_share:.3f}%)")
+    console.print(
+        f"trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,} "
+        f"({100 * result.trainable_share:.3f}%)"
+    )
     for ex in result.examples:
         console.print(f"\n[bold]prompt[/]: {_short(ex['prompt'])}")
         console.print(f"[bold]reference[/]: {_short(ex['reference'])}")
@@ -104,7 +110,7 @@ def _short(text: str, limit: int = 300) -> str:
 @app.command("eval")
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on this file instead of the validation split."),
+    data: Path | None = typer.Option(None, "--data", help="Evaluate on this file instead of the validation split."),
 ) -> None:
     """Evaluate a trained run on its validation data or another file."""
     from tunelab.api import evaluate_run
@@ -147,7 +153,7 @@ def chat(run_dir: Path = typer.Argument(..., help="A finished causal-LM run dire
 @config_app.command("init")
 def config_init(
     problem_type: str = typer.Option("causal_lm", "--problem-type", help="causal_lm or classification."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of printing."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write here instead of printing."),
     force: bool = typer.Option(False, "--force", help="Replace an existing file."),
 ) -> None:
     """Write a default config with every field commented."""
@@ -156,8 +162,7 @@ def config_init(
 
     base: dict[str, Any] = {"problem_type": problem_type}
     if problem_type == "classification":
-        base.update(llm_backbone="all-minilm-l6-v2",
-                    dataset={"prompt_column": ["text"], "label_column": "label"})
+        base.update(llm_backbone="all-minilm-l6-v2", dataset={"prompt_column": ["text"], "label_column": "label"})
     cfg = load_config(base=base)
     text = commented_yaml(cfg)
     if output is None:
@@ -172,20 +177,21 @@ def config_init(
 @config_app.command("validate")
 def config_validate(
     config: Path = typer.Argument(..., help="YAML config to check."),
-    overrides: Optional[list[str]] = SetOption,
+    overrides: list[str] | None = SetOption,
 ) -> None:
-    """Check a config (fields, values and that its data files exist) without running it."""
+    """Check a config and every row of its data files against it, without loading a model."""
     from tunelab.config import load_config
-    from tunelab.data.readers import read_columns
+    from tunelab.data.formats import check_file
 
     cfg = load_config(config, overrides)
-    files = [cfg.dataset.train_dataframe] + (
-        [cfg.dataset.validation_dataframe] if cfg.dataset.validation_strategy == "custom" else [])
     if not cfg.dataset.train_dataframe:
         raise TunelabError("no training data set", file=str(config), field="dataset.train_dataframe")
-    for path in files:
-        read_columns(path)
-    console.print(f"{config}: valid ({cfg.problem_type}, {cfg.llm_backbone}, adapter {cfg.training.adapter})")
+    rows = check_file(cfg.dataset.train_dataframe, cfg)
+    extra = ""
+    if cfg.dataset.validation_strategy == "custom":
+        extra = f", {check_file(cfg.dataset.validation_dataframe, cfg)} validation rows"
+    console.print(f"{config}: valid ({cfg.problem_type}, {cfg.llm_backbone}, adapter {cfg.training.adapter}; "
+                  f"{rows} training rows{extra})")
 
 
 @config_app.command("docs")

@@ -38,14 +38,17 @@ class Section(BaseModel):
 
 class DatasetConfig(Section):
     train_dataframe: str = Field(
-        "", description="Training data: a CSV, TSV, JSON, JSONL or Parquet file (path relative to the working directory)."
+        "",
+        description="Training data: a CSV, TSV, JSON, JSONL or Parquet file (path relative to the working directory).",
     )
     validation_strategy: Literal["automatic", "custom"] = Field(
         "automatic",
         description="'automatic' holds out `validation_size` of the training data; "
         "'custom' uses `validation_dataframe`.",
     )
-    validation_dataframe: str = Field("", description="Validation data file, used when validation_strategy is 'custom'.")
+    validation_dataframe: str = Field(
+        "", description="Validation data file, used when validation_strategy is 'custom'."
+    )
     validation_size: float = Field(
         0.01,
         gt=0,
@@ -59,7 +62,9 @@ class DatasetConfig(Section):
         "whole number of rows above 1. The sample is deterministic (split_seed).",
     )
     split_seed: int = Field(
-        42, ge=0, description="Seed of the automatic train/validation split, so the same data always splits the same way."
+        42,
+        ge=0,
+        description="Seed of the automatic train/validation split, so the same data always splits the same way.",
     )
     prompt_column: tuple[str, ...] = Field(
         ("instruction",),
@@ -77,11 +82,10 @@ class DatasetConfig(Section):
         True, description="End the prompt with the EOS token (when no chat template is used)."
     )
     add_eos_token_to_answer: bool = Field(
-        True, description="End the answer with the EOS token, so the model learns to stop (when no chat template is used)."
+        True,
+        description="End the answer with the EOS token, so the model learns to stop (when no chat template is used).",
     )
-    mask_prompt_labels: bool = Field(
-        True, description="Train only on answer tokens; prompt tokens get no loss."
-    )
+    mask_prompt_labels: bool = Field(True, description="Train only on answer tokens; prompt tokens get no loss.")
     use_chat_template: Literal["auto"] | bool = Field(
         "auto",
         description="Render rows with the tokenizer's chat template: 'auto' uses it when the tokenizer has one.",
@@ -101,10 +105,17 @@ class DatasetConfig(Section):
 
 
 class TokenizerConfig(Section):
-    max_length_prompt: int = Field(128, ge=1, le=131072, description="Longest prompt in tokens; longer prompts are cut from the left.")
-    max_length_answer: int = Field(128, ge=1, le=131072, description="Longest answer in tokens; longer answers are cut from the right.")
+    max_length_prompt: int = Field(
+        128, ge=1, le=131072, description="Longest prompt in tokens; longer prompts are cut from the left."
+    )
+    max_length_answer: int = Field(
+        128, ge=1, le=131072, description="Longest answer in tokens; longer answers are cut from the right."
+    )
     max_length: int = Field(
-        256, ge=2, le=131072, description="Longest prompt + answer in tokens; the prompt is cut first when it is exceeded."
+        256,
+        ge=2,
+        le=131072,
+        description="Longest prompt + answer in tokens; the prompt is cut first when it is exceeded.",
     )
     padding_quantile: float = Field(
         1.0,
@@ -145,7 +156,9 @@ class TrainingConfig(Section):
     max_steps: int = Field(
         -1, ge=-1, description="Stop after this many optimizer steps; overrides `epochs` when above 0."
     )
-    schedule: Literal["Cosine", "Linear", "Constant"] = Field("Cosine", description="Learning-rate schedule after warm-up.")
+    schedule: Literal["Cosine", "Linear", "Constant"] = Field(
+        "Cosine", description="Learning-rate schedule after warm-up."
+    )
     warmup_epochs: float = Field(0.0, ge=0, description="Linear warm-up length in epochs (fractions allowed).")
     weight_decay: float = Field(
         0.0, ge=0, description="Decoupled weight decay; never applied to biases or normalisation weights."
@@ -174,7 +187,9 @@ class TrainingConfig(Section):
     evaluate_before_training: bool = Field(
         True, description="Evaluate the untouched backbone first, so the run reports before vs after."
     )
-    logging_steps: int = Field(10, ge=1, description="Log loss, learning rate and throughput every this many optimizer steps.")
+    logging_steps: int = Field(
+        10, ge=1, description="Log loss, learning rate and throughput every this many optimizer steps."
+    )
 
 
 class PredictionConfig(Section):
@@ -185,7 +200,9 @@ class PredictionConfig(Section):
     )
     min_length_inference: int = Field(2, ge=0, description="Fewest new tokens generated per answer.")
     max_length_inference: int = Field(256, ge=1, description="Most new tokens generated per answer.")
-    batch_size_inference: int = Field(0, ge=0, description="Rows per generation/prediction batch; 0 = training batch size.")
+    batch_size_inference: int = Field(
+        0, ge=0, description="Rows per generation/prediction batch; 0 = training batch size."
+    )
     do_sample: bool = Field(False, description="Sample answers instead of greedy decoding.")
     num_beams: int = Field(1, ge=1, le=64, description="Beam-search width; 1 = no beam search.")
     temperature: float = Field(0.3, gt=0, description="Sampling temperature (with do_sample).")
@@ -232,20 +249,25 @@ class RunConfig(BaseModel):
         description="Base model: a built-in name (smollm2-135m-instruct, all-minilm-l6-v2), a local folder, "
         "a .gguf file or a Hugging Face hub id.",
     )
-    dataset: DatasetConfig = Field(default_factory=DatasetConfig,
-                                   description="Data files, columns, validation split and prompt rendering.")
-    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig,
-                                       description="Token-length limits and padding.")
-    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig,
-                                             description="Training-time data augmentation.")
-    architecture: ArchitectureConfig = Field(default_factory=ArchitectureConfig,
-                                             description="How the backbone is loaded and run.")
-    training: TrainingConfig = Field(default_factory=TrainingConfig,
-                                     description="What is trained, the optimizer, schedule and evaluation cadence.")
-    prediction: PredictionConfig = Field(default_factory=PredictionConfig,
-                                         description="Validation metric and generation settings.")
-    environment: EnvironmentConfig = Field(default_factory=EnvironmentConfig,
-                                           description="Precision, data-loading workers and the random seed.")
+    dataset: DatasetConfig = Field(
+        default_factory=DatasetConfig, description="Data files, columns, validation split and prompt rendering."
+    )
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="Token-length limits and padding.")
+    augmentation: AugmentationConfig = Field(
+        default_factory=AugmentationConfig, description="Training-time data augmentation."
+    )
+    architecture: ArchitectureConfig = Field(
+        default_factory=ArchitectureConfig, description="How the backbone is loaded and run."
+    )
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig, description="What is trained, the optimizer, schedule and evaluation cadence."
+    )
+    prediction: PredictionConfig = Field(
+        default_factory=PredictionConfig, description="Validation metric and generation settings."
+    )
+    environment: EnvironmentConfig = Field(
+        default_factory=EnvironmentConfig, description="Precision, data-loading workers and the random seed."
+    )
 
     @field_validator("experiment_name")
     @classmethod
@@ -268,12 +290,22 @@ class RunConfig(BaseModel):
         found = []
         metrics = PROBLEM_METRICS[self.problem_type]
         if self.prediction.metric not in metrics:
-            found.append(("prediction.metric", f"'{self.prediction.metric}' is not a {self.problem_type} metric; "
-                          f"choose one of {', '.join(metrics)}"))
+            found.append(
+                (
+                    "prediction.metric",
+                    f"'{self.prediction.metric}' is not a {self.problem_type} metric; "
+                    f"choose one of {', '.join(metrics)}",
+                )
+            )
         losses = PROBLEM_LOSSES[self.problem_type]
         if self.training.loss_function not in losses:
-            found.append(("training.loss_function", f"'{self.training.loss_function}' is not available for "
-                          f"{self.problem_type}; choose one of {', '.join(losses)}"))
+            found.append(
+                (
+                    "training.loss_function",
+                    f"'{self.training.loss_function}' is not available for "
+                    f"{self.problem_type}; choose one of {', '.join(losses)}",
+                )
+            )
         if self.dataset.validation_strategy == "custom" and not self.dataset.validation_dataframe:
             found.append(("dataset.validation_dataframe", "required when validation_strategy is 'custom'"))
         if self.problem_type == "classification" and not self.dataset.label_column:
@@ -316,8 +348,10 @@ def _suggest(path: str) -> str:
         leaf, [p.split(".")[-1] for p in valid], n=1, cutoff=0.6
     )
     if close:
-        match = close[0] if "." in close[0] or close[0] in RunConfig.model_fields else next(
-            p for p in valid if p.split(".")[-1] == close[0]
+        match = (
+            close[0]
+            if "." in close[0] or close[0] in RunConfig.model_fields
+            else next(p for p in valid if p.split(".")[-1] == close[0])
         )
         return f"did you mean '{match}'?"
     return "run 'tunelab config init' to see every field"
@@ -374,14 +408,14 @@ def validate_config(data: Any, source: str | None = None, text: str | None = Non
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError("a config must be a mapping of fields to values", file=source,
-                          hint="start from 'tunelab config init'")
+        raise ConfigError(
+            "a config must be a mapping of fields to values", file=source, hint="start from 'tunelab config init'"
+        )
     for section in SECTIONS:
         if section in data and data[section] is None:
             data[section] = {}
         elif section in data and not isinstance(data[section], dict):
-            raise ConfigError(f"section '{section}' must be a mapping of fields to values", file=source,
-                              field=section)
+            raise ConfigError(f"section '{section}' must be a mapping of fields to values", file=source, field=section)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
@@ -402,8 +436,13 @@ def validate_config(data: Any, source: str | None = None, text: str | None = Non
             what = flat[0][1]
         else:
             what = f"{len(flat)} problems: " + "; ".join(
-                (f"{p}" + (f" (line {line_of[tuple(p.split('.'))]})" if tuple(p.split('.')) in line_of else "")
-                 + f": {m}") if p else m
+                (
+                    f"{p}"
+                    + (f" (line {line_of[tuple(p.split('.'))]})" if tuple(p.split(".")) in line_of else "")
+                    + f": {m}"
+                )
+                if p
+                else m
                 for p, m in flat
             )
         raise ConfigError(what, file=source, line=line, field=first_field or None) from None
@@ -411,8 +450,11 @@ def validate_config(data: Any, source: str | None = None, text: str | None = Non
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
-        raise ConfigError(f"override '{item}' is not of the form section.field=value", field=item,
-                          hint="e.g. --set training.learning_rate=2e-4")
+        raise ConfigError(
+            f"override '{item}' is not of the form section.field=value",
+            field=item,
+            hint="e.g. --set training.learning_rate=2e-4",
+        )
     key, raw = item.split("=", 1)
     key = key.strip()
     try:
@@ -427,8 +469,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     for item in overrides or []:
         parts, value = _parse_override(item)
         if len(parts) > 2 or not all(parts):
-            raise ConfigError(f"override key '{'.'.join(parts)}' must be 'field' or 'section.field'",
-                              field=".".join(parts), hint=_suggest(".".join(parts)))
+            raise ConfigError(
+                f"override key '{'.'.join(parts)}' must be 'field' or 'section.field'",
+                field=".".join(parts),
+                hint=_suggest(".".join(parts)),
+            )
         target = data
         if len(parts) == 2:
             section = parts[0]
@@ -448,8 +493,9 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError("config file not found", file=str(path), hint="check the path, or create one with "
-                          "'tunelab config init'")
+        raise ConfigError(
+            "config file not found", file=str(path), hint="check the path, or create one with 'tunelab config init'"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -458,13 +504,17 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], str]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"not valid YAML ({getattr(exc, 'problem', exc)})", file=str(path),
-                          line=None if mark is None else mark.line + 1) from None
+        raise ConfigError(
+            f"not valid YAML ({getattr(exc, 'problem', exc)})",
+            file=str(path),
+            line=None if mark is None else mark.line + 1,
+        ) from None
     return (data if data is not None else {}), text
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: dict[str, Any] | None = None
+) -> RunConfig:
     """Load a config from YAML (or start from ``base``), apply ``--set`` overrides and validate.
 
     Args:
@@ -508,8 +558,11 @@ def _fields_of(model: type[BaseModel]) -> list[tuple[str, Any]]:
 def commented_yaml(cfg: RunConfig) -> str:
     """The config as YAML with every field's description as a comment above it."""
     data = cfg.to_dict()
-    out = ["# tunelab run configuration. Every field is optional except dataset.train_dataframe.",
-           "# Full reference: docs/config.md", ""]
+    out = [
+        "# tunelab run configuration. Every field is optional except dataset.train_dataframe.",
+        "# Full reference: docs/config.md",
+        "",
+    ]
 
     def emit(name: str, field: Any, value: Any, indent: str) -> None:
         for line in _wrap(field.description or "", 116 - len(indent)):
@@ -534,11 +587,16 @@ def _wrap(text: str, width: int) -> list[str]:
 
 def config_reference_markdown() -> str:
     """``docs/config.md``: every field, its default, bounds and description."""
-    lines = ["# Configuration reference", "",
-             "Generated from the field descriptions in `src/tunelab/config.py` by `tunelab config docs`. "
-             "Do not edit by hand.", "",
-             "Set fields in a YAML file (sections as nested mappings) or on the command line with "
-             "`--set section.field=value`.", ""]
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the field descriptions in `src/tunelab/config.py` by `tunelab config docs`. "
+        "Do not edit by hand.",
+        "",
+        "Set fields in a YAML file (sections as nested mappings) or on the command line with "
+        "`--set section.field=value`.",
+        "",
+    ]
 
     def table(model: type[BaseModel], prefix: str) -> None:
         lines.extend(["| field | default | allowed | description |", "|---|---|---|---|"])

@@ -47,11 +47,17 @@ class RunDirectory:
             raise RunDirError("run directory path is a file", file=str(path))
         if path.exists() and any(path.iterdir()):
             if not force:
-                raise RunDirError("run directory already exists", file=str(path),
-                                  hint="pick another experiment_name, or pass --force to replace it")
+                raise RunDirError(
+                    "run directory already exists",
+                    file=str(path),
+                    hint="pick another experiment_name, or pass --force to replace it",
+                )
             if not ((path / "run.json").is_file() or (path / "config.yaml").is_file()):
-                raise RunDirError("refusing to replace a folder that is not a tunelab run", file=str(path),
-                                  hint="choose another output_directory or experiment_name")
+                raise RunDirError(
+                    "refusing to replace a folder that is not a tunelab run",
+                    file=str(path),
+                    hint="choose another output_directory or experiment_name",
+                )
 
     @classmethod
     def create(cls, cfg: RunConfig, force: bool = False) -> RunDirectory:
@@ -72,8 +78,11 @@ class RunDirectory:
         """
         run = cls(path)
         if not (run.path / "config.yaml").is_file():
-            raise RunDirError("not a tunelab run directory (no config.yaml)", file=str(run.path),
-                              hint="pass the folder output_directory/experiment_name of a finished run")
+            raise RunDirError(
+                "not a tunelab run directory (no config.yaml)",
+                file=str(run.path),
+                hint="pass the folder output_directory/experiment_name of a finished run",
+            )
         if run.model_dir is None:
             raise RunDirError("this run saved no model (did it finish?)", file=str(run.path))
         return run

@@ -18,9 +18,15 @@ def batch_length(lengths: Sequence[int], quantile: float) -> int:
     return max(int(np.ceil(np.quantile(np.asarray(lengths), quantile))), 1)
 
 
-def pad_causal(split: EncodedSplit, indices: Sequence[int], pad_id: int, quantile: float = 1.0,
-               mask_probability: float = 0.0, mask_id: int | None = None,
-               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def pad_causal(
+    split: EncodedSplit,
+    indices: Sequence[int],
+    pad_id: int,
+    quantile: float = 1.0,
+    mask_probability: float = 0.0,
+    mask_id: int | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
     """Right-padded causal-LM batch with ``input_ids``, ``attention_mask``, ``labels`` and ``num_trained``.
 
     Rows longer than the batch length are cut from the left, keeping their answers.
@@ -36,8 +42,11 @@ def pad_causal(split: EncodedSplit, indices: Sequence[int], pad_id: int, quantil
         ids[row, : len(seq)] = seq
         labels[row, : len(seq)] = split.token_labels(i)[start:]
         mask[row, : len(seq)] = 1
-    batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
-             "labels": torch.from_numpy(labels)}
+    batch = {
+        "input_ids": torch.from_numpy(ids),
+        "attention_mask": torch.from_numpy(mask),
+        "labels": torch.from_numpy(labels),
+    }
     if mask_probability > 0:
         _mask_prompt_tokens(batch, mask_probability, pad_id if mask_id is None else mask_id, generator)
     # Tokens that carry loss: a label at a position that has a previous token to predict it from.
@@ -45,29 +54,35 @@ def pad_causal(split: EncodedSplit, indices: Sequence[int], pad_id: int, quantil
     return batch
 
 
-def _mask_prompt_tokens(batch: dict[str, torch.Tensor], probability: float, mask_id: int,
-                        generator: torch.Generator | None) -> None:
+def _mask_prompt_tokens(
+    batch: dict[str, torch.Tensor], probability: float, mask_id: int, generator: torch.Generator | None
+) -> None:
     """Replace a share of the prompt (untrained, non-padding) tokens with ``mask_id``, in place."""
     prompt = (batch["labels"] == IGNORE_INDEX) & (batch["attention_mask"] == 1)
     draw = torch.rand(batch["input_ids"].shape, generator=generator) < probability
     batch["input_ids"] = torch.where(prompt & draw, torch.full_like(batch["input_ids"], mask_id), batch["input_ids"])
 
 
-def pad_classification(split: EncodedSplit, indices: Sequence[int], pad_id: int,
-                       quantile: float = 1.0) -> dict[str, torch.Tensor]:
+def pad_classification(
+    split: EncodedSplit, indices: Sequence[int], pad_id: int, quantile: float = 1.0
+) -> dict[str, torch.Tensor]:
     """Right-padded classification batch with ``input_ids``, ``attention_mask``, ``labels`` and ``num_trained``."""
     lengths = [int(split.offsets[i + 1] - split.offsets[i]) for i in indices]
     width = batch_length(lengths, quantile)
     ids = np.full((len(indices), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(indices), width), dtype=np.int64)
-    for row, (i, length) in enumerate(zip(indices, lengths)):
-        seq = split.ids(i)[: width]
+    for row, i in enumerate(indices):
+        seq = split.ids(i)[:width]
         ids[row, : len(seq)] = seq
         mask[row, : len(seq)] = 1
     assert split.targets is not None
     targets = torch.from_numpy(split.targets[np.asarray(indices)].astype(np.int64))
-    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask), "labels": targets,
-            "num_trained": torch.tensor(len(indices))}
+    return {
+        "input_ids": torch.from_numpy(ids),
+        "attention_mask": torch.from_numpy(mask),
+        "labels": targets,
+        "num_trained": torch.tensor(len(indices)),
+    }
 
 
 def pad_left(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -77,6 +92,6 @@ def pad_left(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
         if len(seq):
-            ids[row, width - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
-            mask[row, width - len(seq):] = 1
+            ids[row, width - len(seq) :] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
     return {"input_ids": ids, "attention_mask": mask}

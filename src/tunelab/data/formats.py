@@ -25,8 +25,11 @@ def cell_text(record: Record, column: str, *, required: bool = True) -> str:
     data = record.data
     if column not in data:
         columns = ", ".join(list(data)[:12])
-        raise record.error(f"column '{column}' not found (columns are: {columns})", field=column,
-                           hint="set the right column name in the dataset section of the config")
+        raise record.error(
+            f"column '{column}' not found (columns are: {columns})",
+            field=column,
+            hint="set the right column name in the dataset section of the config",
+        )
     value = data[column]
     if value is None:
         if required:
@@ -34,8 +37,11 @@ def cell_text(record: Record, column: str, *, required: bool = True) -> str:
         return ""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         kind = type(value).__name__
-        raise record.error(f"expected text, got a {kind}", field=column,
-                           hint="this column must hold plain text; nested data needs a format such as 'messages'")
+        raise record.error(
+            f"expected text, got a {kind}",
+            field=column,
+            hint="this column must hold plain text; nested data needs a format such as 'messages'",
+        )
     return str(value)
 
 
@@ -76,3 +82,23 @@ def prompt_only_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
             messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": prompt})
     return {"messages": messages, "text": prompt, "reference": reference}
+
+
+# How each problem type reads a raw record (used to check data without loading a model).
+EXAMPLE_BUILDERS = {"causal_lm": causal_example, "classification": classification_example}
+
+
+def check_file(path: str, cfg: RunConfig) -> int:
+    """Read every row of ``path`` as the config says to; returns the row count.
+
+    Raises:
+        DataError: naming the first bad row and field.
+    """
+    from tunelab.data.readers import iter_records
+
+    build = EXAMPLE_BUILDERS[cfg.problem_type]
+    count = 0
+    for record in iter_records(path):
+        build(record, cfg)
+        count += 1
+    return count

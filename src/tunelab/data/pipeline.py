@@ -58,8 +58,9 @@ def plan_split(cfg: RunConfig, problem: Any, fit: bool = True) -> SplitPlan:
     if ds.validation_strategy == "custom":
         train_idx, val_idx = np.arange(n_rows), np.array([], dtype=np.int64)
     else:
-        train_idx, val_idx = split_indices(n_rows, ds.validation_size, ds.split_seed, labels or None,
-                                           ds.train_dataframe)
+        train_idx, val_idx = split_indices(
+            n_rows, ds.validation_size, ds.split_seed, labels or None, ds.train_dataframe
+        )
     train = None
     if ds.data_sample != 1.0:
         keep = int(ds.data_sample) if ds.data_sample > 1 else max(int(round(len(train_idx) * ds.data_sample)), 1)
@@ -68,8 +69,13 @@ def plan_split(cfg: RunConfig, problem: Any, fit: bool = True) -> SplitPlan:
     return SplitPlan(train, set(val_idx.tolist()))
 
 
-def encode_file(path: str, problem: Any, keep: set[int] | None = None, skip: set[int] | None = None,
-                examples: list[dict[str, Any]] | None = None) -> EncodedSplit:
+def encode_file(
+    path: str,
+    problem: Any,
+    keep: set[int] | None = None,
+    skip: set[int] | None = None,
+    examples: list[dict[str, Any]] | None = None,
+) -> EncodedSplit:
     """Tokenise the rows of ``path`` (only ``keep`` / all but ``skip``, by 0-based index).
 
     When ``examples`` is a list, the canonical examples of the encoded rows are appended to it.
@@ -95,8 +101,11 @@ def build_splits(cfg: RunConfig, problem: Any) -> DataSplits:
     """
     ds = cfg.dataset
     if not ds.train_dataframe:
-        raise DataError("no training data set", field="dataset.train_dataframe",
-                        hint="set dataset.train_dataframe to a CSV/JSONL/Parquet file")
+        raise DataError(
+            "no training data set",
+            field="dataset.train_dataframe",
+            hint="set dataset.train_dataframe to a CSV/JSONL/Parquet file",
+        )
     plan = plan_split(cfg, problem)
     val_examples: list[dict[str, Any]] = []
     train = encode_file(ds.train_dataframe, problem, keep=plan.train, skip=plan.validation)
@@ -105,10 +114,16 @@ def build_splits(cfg: RunConfig, problem: Any) -> DataSplits:
     else:
         validation = encode_file(ds.train_dataframe, problem, keep=plan.validation, examples=val_examples)
     if len(train) == 0:
-        raise DataError("no training rows are left after the validation split", file=ds.train_dataframe,
-                        hint="lower dataset.validation_size")
-    info: dict[str, Any] = {"train_rows": len(train), "validation_rows": len(validation),
-                            "train_tokens": int(train.lengths().sum())}
+        raise DataError(
+            "no training rows are left after the validation split",
+            file=ds.train_dataframe,
+            hint="lower dataset.validation_size",
+        )
+    info: dict[str, Any] = {
+        "train_rows": len(train),
+        "validation_rows": len(validation),
+        "train_tokens": int(train.lengths().sum()),
+    }
     if getattr(problem, "classes", None):
         info["classes"] = list(problem.classes)
     return DataSplits(train, validation, val_examples, info)

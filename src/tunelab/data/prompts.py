@@ -39,8 +39,11 @@ class PromptRenderer:
         use = cfg.dataset.use_chat_template
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if use is True and not has_template:
-            raise DataError("dataset.use_chat_template is true but the tokenizer has no chat template",
-                            field="dataset.use_chat_template", hint="set it to 'auto' or false")
+            raise DataError(
+                "dataset.use_chat_template is true but the tokenizer has no chat template",
+                field="dataset.use_chat_template",
+                hint="set it to 'auto' or false",
+            )
         self.use_template = has_template if use == "auto" else bool(use)
         self.eos = tokenizer.eos_token or ""
 
@@ -55,8 +58,12 @@ class PromptRenderer:
             if message["role"] == "system":
                 parts.append(message["content"] + "\n")
             elif message["role"] == "user":
-                parts.append(ds.text_prompt_start + message["content"]
-                             + (self.eos if ds.add_eos_token_to_prompt else "") + ds.text_answer_separator)
+                parts.append(
+                    ds.text_prompt_start
+                    + message["content"]
+                    + (self.eos if ds.add_eos_token_to_prompt else "")
+                    + ds.text_answer_separator
+                )
             else:
                 parts.append(message["content"] + (self.eos if ds.add_eos_token_to_answer else ""))
         return "".join(parts)
@@ -71,7 +78,7 @@ class PromptRenderer:
         if not full.startswith(prompt):
             # Some templates rewrite earlier turns once an answer follows; fall back to the plain answer + EOS.
             return answer + self.eos
-        tail = full[len(prompt):]
+        tail = full[len(prompt) :]
         # Keep the template's end-of-turn token, drop the whitespace it puts after it.
         if self.eos and self.eos in tail:
             tail = tail[: tail.rindex(self.eos) + len(self.eos)]
@@ -93,7 +100,7 @@ class PromptRenderer:
             return ids
         bos = self.tokenizer.bos_token_id
         keep = 1 if bos is not None and ids and ids[0] == bos and limit > 1 else 0
-        return ids[:keep] + ids[len(ids) - (limit - keep):]
+        return ids[:keep] + ids[len(ids) - (limit - keep) :]
 
     def render(self, messages: list[dict[str, str]]) -> Rendered:
         """Token ids and labels for a conversation whose last turn is the assistant's answer."""

@@ -48,18 +48,27 @@ def iter_records(path: str | Path) -> Iterator[Record]:
     path = Path(path)
     name = str(path)
     if not path.exists():
-        raise DataError("data file not found", file=name, hint="check the path (relative paths start from the "
-                        "directory you run tunelab in)")
+        raise DataError(
+            "data file not found",
+            file=name,
+            hint="check the path (relative paths start from the directory you run tunelab in)",
+        )
     if path.is_dir():
         raise DataError("expected a data file, got a folder", file=name)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED:
-        raise DataError(f"unsupported file type '{suffix or path.name}'", file=name,
-                        hint=f"use one of {', '.join(SUPPORTED)}")
+        raise DataError(
+            f"unsupported file type '{suffix or path.name}'", file=name, hint=f"use one of {', '.join(SUPPORTED)}"
+        )
     if path.stat().st_size == 0:
         raise DataError("data file is empty", file=name)
-    readers = {".csv": _iter_csv, ".tsv": _iter_csv, ".json": _iter_json, ".jsonl": _iter_jsonl,
-               ".parquet": _iter_parquet}
+    readers = {
+        ".csv": _iter_csv,
+        ".tsv": _iter_csv,
+        ".json": _iter_json,
+        ".jsonl": _iter_jsonl,
+        ".parquet": _iter_parquet,
+    }
     count = 0
     for record in readers[suffix](path, name):
         count += 1
@@ -69,8 +78,9 @@ def iter_records(path: str | Path) -> Iterator[Record]:
 
 
 def _decode_error(name: str, exc: UnicodeDecodeError, line: int | None) -> DataError:
-    return DataError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x})", file=name, line=line,
-                     hint="save the file as UTF-8")
+    return DataError(
+        f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x})", file=name, line=line, hint="save the file as UTF-8"
+    )
 
 
 def _iter_csv(path: Path, name: str) -> Iterator[Record]:
@@ -94,10 +104,14 @@ def _iter_csv(path: Path, name: str) -> Iterator[Record]:
                 if not values or values == [""]:
                     continue
                 if len(values) != len(header):
-                    raise DataError(f"has {len(values)} fields but the header has {len(header)}", file=name,
-                                    row=row_number, line=line,
-                                    hint="check the delimiter and quoting" + (" (TSV files are tab-separated)"
-                                                                              if delimiter == "\t" else ""))
+                    raise DataError(
+                        f"has {len(values)} fields but the header has {len(header)}",
+                        file=name,
+                        row=row_number,
+                        line=line,
+                        hint="check the delimiter and quoting"
+                        + (" (TSV files are tab-separated)" if delimiter == "\t" else ""),
+                    )
                 yield Record(dict(zip(header, values)), name, row=row_number)
         except UnicodeDecodeError as exc:
             raise _decode_error(name, exc, line + 1) from None
@@ -114,21 +128,26 @@ def _check_header(header: list[str], name: str, delimiter: str) -> None:
     if len(header) == 1:
         other = "," if delimiter == "\t" else "\t"
         if other in header[0] or ";" in header[0]:
-            raise DataError(f"the header has a single column '{header[0][:60]}'", file=name, line=1,
-                            hint="the file seems to use another delimiter: CSV files are comma-separated, "
-                                 ".tsv files tab-separated")
+            raise DataError(
+                f"the header has a single column '{header[0][:60]}'",
+                file=name,
+                line=1,
+                hint="the file seems to use another delimiter: CSV files are comma-separated, .tsv files tab-separated",
+            )
 
 
 def _as_record(obj: Any, name: str, line: int | None = None, row: int | None = None) -> Record:
     if not isinstance(obj, dict):
-        raise DataError(f"expected a JSON object with named fields, got {_json_type(obj)}", file=name, line=line,
-                        row=row)
+        raise DataError(
+            f"expected a JSON object with named fields, got {_json_type(obj)}", file=name, line=line, row=row
+        )
     return Record(obj, name, row=row, line=line)
 
 
 def _json_type(obj: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(obj), "a number")
+        type(obj), "a number"
+    )
 
 
 def _iter_jsonl(path: Path, name: str) -> Iterator[Record]:
@@ -141,8 +160,12 @@ def _iter_jsonl(path: Path, name: str) -> Iterator[Record]:
                 try:
                     obj = json.loads(text)
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"not valid JSON ({exc.msg} at column {exc.colno})", file=name, line=line,
-                                    hint="each line of a .jsonl file must be one complete JSON object") from None
+                    raise DataError(
+                        f"not valid JSON ({exc.msg} at column {exc.colno})",
+                        file=name,
+                        line=line,
+                        hint="each line of a .jsonl file must be one complete JSON object",
+                    ) from None
                 yield _as_record(obj, name, line=line)
         except UnicodeDecodeError as exc:
             raise _decode_error(name, exc, line + 1) from None

@@ -15,8 +15,9 @@ def validation_count(n_rows: int, size: float) -> int:
     return min(max(count, 1), n_rows - 1)
 
 
-def split_indices(n_rows: int, size: float, seed: int, labels: Sequence[str] | None = None,
-                  source: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    n_rows: int, size: float, seed: int, labels: Sequence[str] | None = None, source: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the training and validation rows.
 
     Args:
@@ -33,8 +34,11 @@ def split_indices(n_rows: int, size: float, seed: int, labels: Sequence[str] | N
         DataError: when there are fewer than 2 rows.
     """
     if n_rows < 2:
-        raise DataError(f"need at least 2 rows to hold out a validation row, got {n_rows}", file=source,
-                        hint="add rows, or give a validation file with validation_strategy: custom")
+        raise DataError(
+            f"need at least 2 rows to hold out a validation row, got {n_rows}",
+            file=source,
+            hint="add rows, or give a validation file with validation_strategy: custom",
+        )
     count = validation_count(n_rows, size)
     rng = np.random.default_rng(seed)
     if labels is None:

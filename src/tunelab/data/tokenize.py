@@ -22,8 +22,14 @@ class EncodedSplit:
         rows: each row's number in its source file (for reports).
     """
 
-    def __init__(self, input_ids: np.ndarray, offsets: np.ndarray, labels: np.ndarray | None = None,
-                 targets: np.ndarray | None = None, rows: np.ndarray | None = None):
+    def __init__(
+        self,
+        input_ids: np.ndarray,
+        offsets: np.ndarray,
+        labels: np.ndarray | None = None,
+        targets: np.ndarray | None = None,
+        rows: np.ndarray | None = None,
+    ):
         self.input_ids = input_ids
         self.offsets = offsets
         self.labels = labels
@@ -38,11 +44,11 @@ class EncodedSplit:
         return np.diff(self.offsets)
 
     def ids(self, i: int) -> np.ndarray:
-        return self.input_ids[self.offsets[i]: self.offsets[i + 1]]
+        return self.input_ids[self.offsets[i] : self.offsets[i + 1]]
 
     def token_labels(self, i: int) -> np.ndarray:
         assert self.labels is not None
-        return self.labels[self.offsets[i]: self.offsets[i + 1]]
+        return self.labels[self.offsets[i] : self.offsets[i + 1]]
 
     def subset(self, indices: Sequence[int]) -> EncodedSplit:
         """A new split holding only ``indices`` (in that order)."""
@@ -82,8 +88,9 @@ class SplitBuilder:
         self._targets: list[int] = []
         self._rows: list[int] = []
 
-    def add(self, input_ids: Sequence[int], row: int, labels: Sequence[int] | None = None,
-            target: int | None = None) -> None:
+    def add(
+        self, input_ids: Sequence[int], row: int, labels: Sequence[int] | None = None, target: int | None = None
+    ) -> None:
         self._ids.append(np.asarray(input_ids, dtype=np.int32))
         if labels is not None:
             self._labels.append(np.asarray(labels, dtype=np.int32))

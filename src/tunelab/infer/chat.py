@@ -37,8 +37,9 @@ def chat_repl(run_dir: str | Path, console: Any, read: Any = input) -> None:
 
     loaded = load_run(run_dir)
     if loaded.cfg.problem_type != "causal_lm":
-        raise TunelabError("chat needs a causal-LM run", file=str(run_dir),
-                           hint="use 'tunelab predict' for a classification run")
+        raise TunelabError(
+            "chat needs a causal-LM run", file=str(run_dir), hint="use 'tunelab predict' for a classification run"
+        )
     console.print(f"chatting with {run_dir} ({HELP})")
     messages: list[dict[str, str]] = []
     kwargs = generation_kwargs(loaded.cfg.prediction, loaded.tokenizer, loaded.model)
@@ -64,5 +65,5 @@ def chat_repl(run_dir: str | Path, console: Any, read: Any = input) -> None:
         console.print("model> ", end="")
         with torch.inference_mode():
             out = loaded.model.generate(**batch, **kwargs, streamer=make_streamer(loaded.tokenizer, console))
-        answer = loaded.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        answer = loaded.tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()
         messages.append({"role": "assistant", "content": answer})

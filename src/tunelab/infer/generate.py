@@ -54,9 +54,15 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> str:
 
 
 @torch.inference_mode()
-def generate_batched(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], prediction: PredictionConfig,
-                     batch_size: int, device: torch.device | None = None,
-                     on_batch: Any = None) -> list[str]:
+def generate_batched(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    prediction: PredictionConfig,
+    batch_size: int,
+    device: torch.device | None = None,
+    on_batch: Any = None,
+) -> list[str]:
     """Generate an answer for each tokenised prompt.
 
     Args:
@@ -80,11 +86,11 @@ def generate_batched(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     answers: list[str] = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
-        chunk = order[start: start + batch_size]
+        chunk = order[start : start + batch_size]
         batch = pad_left([prompts[i] for i in chunk], tokenizer.pad_token_id)
         batch = {k: v.to(device) for k, v in batch.items()}
         out = model.generate(**batch, **kwargs)
-        new_tokens = out[:, batch["input_ids"].shape[1]:]  # [batch, new]
+        new_tokens = out[:, batch["input_ids"].shape[1] :]  # [batch, new]
         for i, seq in zip(chunk, new_tokens):
             answers[i] = cut_at_stops(tokenizer.decode(seq, skip_special_tokens=True), stops).strip()
         if on_batch:

@@ -40,8 +40,7 @@ def load_run(path: str | Path, device: str | None = None) -> LoadedRun:
     model_dir = run.model_dir
     assert model_dir is not None
     source = str(model_dir) if method == "none" else resolve_backbone(cfg.llm_backbone)
-    base = load_backbone(source, problem.auto_class(), dtype=cfg.architecture.backbone_dtype,
-                         **problem.model_kwargs())
+    base = load_backbone(source, problem.auto_class(), dtype=cfg.architecture.backbone_dtype, **problem.model_kwargs())
     if getattr(base.config, "pad_token_id", None) is None:
         base.config.pad_token_id = tokenizer.pad_token_id
     model = load_trained(base, model_dir, method)
@@ -55,8 +54,11 @@ def load_base(cfg: RunConfig, device: str | None = None) -> LoadedRun:
     from tunelab.errors import ConfigError
 
     if cfg.problem_type != "causal_lm":
-        raise ConfigError("only a causal LM can answer before training", field="problem_type",
-                          hint="train first: a classification head is created by training")
+        raise ConfigError(
+            "only a causal LM can answer before training",
+            field="problem_type",
+            hint="train first: a classification head is created by training",
+        )
     source = resolve_backbone(cfg.llm_backbone)
     tokenizer = load_tokenizer(source)
     problem = build_problem(cfg, tokenizer)

@@ -79,14 +79,21 @@ def apply_adapter(model: Any, cfg: RunConfig) -> Any:
     from peft import LoraConfig, TaskType, get_peft_model
 
     task = TaskType.SEQ_CLS if cfg.problem_type == "classification" else TaskType.CAUSAL_LM
-    lora = LoraConfig(r=cfg.training.lora_r, lora_alpha=cfg.training.lora_alpha,
-                      lora_dropout=cfg.training.lora_dropout, target_modules=_lora_targets(cfg), task_type=task)
+    lora = LoraConfig(
+        r=cfg.training.lora_r,
+        lora_alpha=cfg.training.lora_alpha,
+        lora_dropout=cfg.training.lora_dropout,
+        target_modules=_lora_targets(cfg),
+        task_type=task,
+    )
     try:
         return get_peft_model(model, lora)
     except ValueError as exc:
-        raise ConfigError(f"LoRA cannot adapt this backbone ({str(exc).splitlines()[0]})",
-                          field="training.lora_target_modules",
-                          hint="leave it empty to adapt all linear layers") from exc
+        raise ConfigError(
+            f"LoRA cannot adapt this backbone ({str(exc).splitlines()[0]})",
+            field="training.lora_target_modules",
+            hint="leave it empty to adapt all linear layers",
+        ) from exc
 
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
@@ -102,10 +109,8 @@ def save_trained(model: Any, run_model_dir: Path, method: str) -> None:
     from safetensors.torch import save_file
 
     run_model_dir.mkdir(parents=True, exist_ok=True)
-    if method == "lora":
-        model.save_pretrained(run_model_dir)
-    elif method == "none":
-        model.save_pretrained(run_model_dir)
+    if method in ("lora", "none"):
+        model.save_pretrained(run_model_dir)  # peft adapter format / full transformers model
     else:
         state = {name: t.contiguous() for name, t in trainable_state(model).items()}
         save_file(state, str(run_model_dir / "trained_weights.safetensors"))

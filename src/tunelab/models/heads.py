@@ -27,5 +27,8 @@ def output_head(model: Any, problem_type: str) -> torch.nn.Module:
         module = getattr(model, name, None)
         if isinstance(module, torch.nn.Module):
             return module
-    raise ModelError("this backbone has no classification head", field="llm_backbone",
-                     hint="use an encoder (e.g. all-minilm-l6-v2) or a decoder with a sequence-classification class")
+    raise ModelError(
+        "this backbone has no classification head",
+        field="llm_backbone",
+        hint="use an encoder (e.g. all-minilm-l6-v2) or a decoder with a sequence-classification class",
+    )

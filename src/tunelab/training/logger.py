@@ -39,14 +39,24 @@ class MetricLogger:
         self._trained += units
         self._seconds += seconds
 
-    def write(self, state: TrainState, epoch: float, lr: float | None, train: bool,
-              eval_metrics: dict[str, float] | None = None) -> None:
+    def write(
+        self,
+        state: TrainState,
+        epoch: float,
+        lr: float | None,
+        train: bool,
+        eval_metrics: dict[str, float] | None = None,
+    ) -> None:
         """Write the record of this step: training numbers (if ``train``) and eval_* metrics (if given)."""
         record: dict[str, Any] = {"step": state.step, "epoch": round(epoch, 4)}
         if train and self._units:
             seconds = max(self._seconds, 1e-9)
-            record.update(loss=self._loss_sum / self._units, learning_rate=lr,
-                          tokens_per_s=self._tokens / seconds, trained_tokens_per_s=self._trained / seconds)
+            record.update(
+                loss=self._loss_sum / self._units,
+                learning_rate=lr,
+                tokens_per_s=self._tokens / seconds,
+                trained_tokens_per_s=self._trained / seconds,
+            )
             self._reset()
         if eval_metrics:
             record.update({f"eval_{k}": v for k, v in eval_metrics.items()})
@@ -55,14 +65,16 @@ class MetricLogger:
         append_jsonl(self.run.metrics_jsonl, _finite(record))
         for key, value in record.items():
             if key not in ("step", "epoch") and isinstance(value, (int, float)) and math.isfinite(value):
-                self.writer.add_scalar(key.replace("eval_", "eval/") if key.startswith("eval_") else f"train/{key}",
-                                       value, state.step)
+                self.writer.add_scalar(
+                    key.replace("eval_", "eval/") if key.startswith("eval_") else f"train/{key}", value, state.step
+                )
         self.writer.flush()
         if "loss" in record:
             self.last = record
             self.console.print(
                 f"step {state.step} · epoch {record['epoch']:.2f} · loss {record['loss']:.4f} · "
-                f"lr {record['learning_rate']:.2e} · {record['tokens_per_s']:.0f} tok/s")
+                f"lr {record['learning_rate']:.2e} · {record['tokens_per_s']:.0f} tok/s"
+            )
         if eval_metrics:
             self.console.print("eval: " + ", ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items()))
 
@@ -96,8 +108,13 @@ def progress_bar(console: Any, total: int) -> Iterator[_Progress]:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-               TextColumn("{task.fields[stats]}"))
+    columns = (
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[stats]}"),
+    )
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("train", total=total, stats="")
         yield _Progress(progress, task)

@@ -99,15 +99,27 @@ def train(cfg: RunConfig, force: bool = False, console: Any = None) -> RunResult
     s = setup(cfg, seed)
     run = RunDirectory.create(cfg, force=force)
     run.save_config(cfg)
-    console.print(f"[bold]{cfg.experiment_name}[/]: {cfg.problem_type} on {cfg.llm_backbone} "
-                  f"({cfg.training.adapter}); {s.parameters.describe()}")
-    console.print(f"data: {len(s.data.train)} training rows, {len(s.data.validation)} validation rows; "
-                  f"{s.total_steps} optimizer steps of {cfg.training.batch_size} rows × "
-                  f"{cfg.training.grad_accumulation}")
+    console.print(
+        f"[bold]{cfg.experiment_name}[/]: {cfg.problem_type} on {cfg.llm_backbone} "
+        f"({cfg.training.adapter}); {s.parameters.describe()}"
+    )
+    console.print(
+        f"data: {len(s.data.train)} training rows, {len(s.data.validation)} validation rows; "
+        f"{s.total_steps} optimizer steps of {cfg.training.batch_size} rows × "
+        f"{cfg.training.grad_accumulation}"
+    )
     info: dict[str, Any] = {
-        "status": "running", "seed": seed, "problem_type": cfg.problem_type, "adapter": cfg.training.adapter,
-        "started": time.time(), "backbone_source": s.backbone_source, "trainable_parameters": s.parameters.trainable,
-        "total_parameters": s.parameters.total, "trainable_share": s.parameters.share, **s.data.info}
+        "status": "running",
+        "seed": seed,
+        "problem_type": cfg.problem_type,
+        "adapter": cfg.training.adapter,
+        "started": time.time(),
+        "backbone_source": s.backbone_source,
+        "trainable_parameters": s.parameters.trainable,
+        "total_parameters": s.parameters.total,
+        "trainable_share": s.parameters.share,
+        **s.data.info,
+    }
     run.save_info(info)
     try:
         state, evaluator = fit(s, run, console)
@@ -117,12 +129,16 @@ def train(cfg: RunConfig, force: bool = False, console: Any = None) -> RunResult
         run.save_metrics(metrics)
         run.save_predictions(evaluator.prediction_rows())
     except BaseException as exc:
-        info.update(status="stopped" if isinstance(exc, KeyboardInterrupt) else "failed", finished=time.time(),
-                    error=f"{type(exc).__name__}: {exc}")
+        info.update(
+            status="stopped" if isinstance(exc, KeyboardInterrupt) else "failed",
+            finished=time.time(),
+            error=f"{type(exc).__name__}: {exc}",
+        )
         run.save_info(info)
         raise
-    info.update(status="finished", finished=time.time(), steps=state.step, epochs=state.epoch,
-                best_step=state.best_step)
+    info.update(
+        status="finished", finished=time.time(), steps=state.step, epochs=state.epoch, best_step=state.best_step
+    )
     run.save_info(info)
     return RunResult(run.path, metrics, s.parameters.trainable, s.parameters.total, evaluator.examples(2))
 
@@ -152,8 +168,13 @@ def fit(s: TrainSetup, run: RunDirectory, console: Any) -> tuple[TrainState, Eva
                 if state.step % eval_every == 0 or last:
                     eval_metrics = evaluator.run(state, "during").metrics
                     s.loss_module.train()
-                logger.write(state, epoch, s.scheduler.get_last_lr()[0],
-                             train=state.step % cfg.training.logging_steps == 0 or last, eval_metrics=eval_metrics)
+                logger.write(
+                    state,
+                    epoch,
+                    s.scheduler.get_last_lr()[0],
+                    train=state.step % cfg.training.logging_steps == 0 or last,
+                    eval_metrics=eval_metrics,
+                )
                 progress.update(state.step, logger.last)
                 if last:
                     break

@@ -20,8 +20,10 @@ def compute_lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int,
-                    warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` following ``compute_lr_factor``."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: compute_lr_factor(step, total_steps, warmup_steps, kind))
+        optimizer, lambda step: compute_lr_factor(step, total_steps, warmup_steps, kind)
+    )

@@ -75,9 +75,13 @@ def mixed_precision_mode(setting: Any) -> str:
 def build_model(cfg: RunConfig, problem: Any, source: str) -> Any:
     """Load the backbone with the problem's head, configure it, and apply the adapter."""
     arch = cfg.architecture
-    model = load_backbone(source, problem.auto_class(), dtype=arch.backbone_dtype,
-                          dropout=arch.intermediate_dropout if arch.intermediate_dropout > 0 else None,
-                          **problem.model_kwargs())
+    model = load_backbone(
+        source,
+        problem.auto_class(),
+        dtype=arch.backbone_dtype,
+        dropout=arch.intermediate_dropout if arch.intermediate_dropout > 0 else None,
+        **problem.model_kwargs(),
+    )
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = problem.tokenizer.pad_token_id
     if arch.gradient_checkpointing:
@@ -108,8 +112,9 @@ def setup(cfg: RunConfig, seed: int) -> TrainSetup:
 
     # Seed first: data order, dropout and new heads all draw from it.
     set_seed(seed)
-    accelerator = Accelerator(mixed_precision=mixed_precision_mode(cfg.environment.mixed_precision), cpu=not
-                              torch.cuda.is_available())
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision_mode(cfg.environment.mixed_precision), cpu=not torch.cuda.is_available()
+    )
     source = resolve_backbone(cfg.llm_backbone)
     # The tokenizer comes before the data: rendering and token lengths depend on it.
     tokenizer = load_tokenizer(source)
@@ -125,10 +130,29 @@ def setup(cfg: RunConfig, seed: int) -> TrainSetup:
     scheduler = build_scheduler(optimizer, cfg.training.schedule, total_steps, warmup)
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(
-        range(len(data.train)), batch_size=cfg.training.batch_size, shuffle=True,
+        range(len(data.train)),
+        batch_size=cfg.training.batch_size,
+        shuffle=True,
         drop_last=cfg.training.drop_last_batch and len(data.train) >= cfg.training.batch_size,
-        generator=generator, collate_fn=Collator(problem, data.train, train=True, generator=generator),
-        num_workers=cfg.environment.number_of_workers)
+        generator=generator,
+        collate_fn=Collator(problem, data.train, train=True, generator=generator),
+        num_workers=cfg.environment.number_of_workers,
+    )
     loss_module, optimizer = accelerator.prepare(LossModule(model, problem), optimizer)
-    return TrainSetup(cfg, seed, accelerator, tokenizer, problem, data, model, loss_module, optimizer, scheduler,
-                      loader, steps_per_epoch, total_steps, parameters, source)
+    return TrainSetup(
+        cfg,
+        seed,
+        accelerator,
+        tokenizer,
+        problem,
+        data,
+        model,
+        loss_module,
+        optimizer,
+        scheduler,
+        loader,
+        steps_per_epoch,
+        total_steps,
+        parameters,
+        source,
+    )
