@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tunelab.config import load_config
-from tunelab.data.formats import causal_example, classification_example
+from tunelab.data.formats import columns_example, classification_example
 from tunelab.data.prompts import IGNORE_INDEX, PromptRenderer
 from tunelab.data.readers import Record
 from tunelab.errors import DataError
@@ -30,7 +30,7 @@ def record(data, row=3):
 
 def test_prompt_columns_are_joined_and_system_added():
     c = cfg(prompt_column=["q", "ctx"], system_column="sys")
-    ex = causal_example(record({"q": "hi", "ctx": "there", "a": "yo", "sys": "be nice"}), c)
+    ex = columns_example(record({"q": "hi", "ctx": "there", "a": "yo", "sys": "be nice"}), c)
     assert ex["messages"] == [
         {"role": "system", "content": "be nice"},
         {"role": "user", "content": "hi\nthere"},
@@ -40,14 +40,14 @@ def test_prompt_columns_are_joined_and_system_added():
 
 def test_numbers_become_text_and_bad_cells_name_row_and_field():
     c = cfg()
-    assert [m["content"] for m in causal_example(record({"q": 12, "a": 3.5}), c)["messages"]] == ["12", "3.5"]
+    assert [m["content"] for m in columns_example(record({"q": 12, "a": 3.5}), c)["messages"]] == ["12", "3.5"]
     with pytest.raises(DataError) as err:
-        causal_example(record({"q": "x"}), c)
+        columns_example(record({"q": "x"}), c)
     assert err.value.row == 3 and err.value.field == "a" and "not found" in str(err.value)
     with pytest.raises(DataError, match="expected text, got a dict"):
-        causal_example(record({"q": "x", "a": {"k": 1}}), c)
+        columns_example(record({"q": "x", "a": {"k": 1}}), c)
     with pytest.raises(DataError, match="null"):
-        causal_example(record({"q": None, "a": "y"}), c)
+        columns_example(record({"q": None, "a": "y"}), c)
 
 
 def test_classification_labels_are_text():
@@ -85,9 +85,9 @@ def test_plain_text_rendering_uses_h2o_fields(tok):
     renderer = PromptRenderer(c, tok)
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
     assert renderer.prompt_text(messages[:-1]) == "<q>hi<a>"
-    assert renderer.answer_text(messages) == "yo" + tok.eos_token
+    assert renderer.segments(messages)[-1] == ("yo" + tok.eos_token, True)
     c2 = cfg(use_chat_template=False, add_eos_token_to_answer=False)
-    assert PromptRenderer(c2, tok).answer_text(messages) == "yo"
+    assert PromptRenderer(c2, tok).segments(messages)[-1] == ("yo", True)
 
 
 def test_truncation_cuts_prompt_left_and_answer_right(tok):

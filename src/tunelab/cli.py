@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(no_args_is_help=True, help="Write, check and document config files.")
 app.add_typer(config_app, name="config")
+data_app = typer.Typer(no_args_is_help=True, help="Check and look at data as the model will see it.")
+app.add_typer(data_app, name="data")
 
 console = Console(soft_wrap=True, highlight=False)
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -57,6 +59,7 @@ def train(
     config: Path | None = typer.Argument(None, help="YAML config; omit it to run the quick start."),
     overrides: list[str] | None = SetOption,
     force: bool = typer.Option(False, "--force", help="Replace an existing run directory of the same name."),
+    no_check: bool = typer.Option(False, "--no-check", help="Train even when the data check finds a problem."),
 ) -> None:
     """Train a model: load, evaluate, fine-tune, evaluate again, and save a run directory."""
     from tunelab.config import load_config
@@ -68,7 +71,7 @@ def train(
         console.print(f"[bold]quick start[/]: {cfg.llm_backbone} + LoRA on {cfg.dataset.train_dataframe}")
     else:
         cfg = load_config(config, overrides)
-    result = run_training(cfg, force=force, console=console)
+    result = run_training(cfg, force=force, console=console, check=not no_check)
     show_result(result)
 
 
@@ -186,12 +189,12 @@ def config_validate(
     cfg = load_config(config, overrides)
     if not cfg.dataset.train_dataframe:
         raise TunelabError("no training data set", file=str(config), field="dataset.train_dataframe")
-    rows = check_file(cfg.dataset.train_dataframe, cfg)
+    rows, fmt = check_file(cfg.dataset.train_dataframe, cfg)
     extra = ""
     if cfg.dataset.validation_strategy == "custom":
-        extra = f", {check_file(cfg.dataset.validation_dataframe, cfg)} validation rows"
+        extra = f", {check_file(cfg.dataset.validation_dataframe, cfg)[0]} validation rows"
     console.print(f"{config}: valid ({cfg.problem_type}, {cfg.llm_backbone}, adapter {cfg.training.adapter}; "
-                  f"{rows} training rows{extra})")
+                  f"{rows} training rows in format '{fmt}'{extra})")
 
 
 @config_app.command("docs")
@@ -204,6 +207,57 @@ def config_docs(
 
     write_text_atomic(output, config_reference_markdown())
     console.print(f"wrote {output}")
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+@data_app.command("check")
+def data_check(
+    config: Path = typer.Argument(..., help="YAML config whose data to check."),
+    overrides: list[str] | None = SetOption,
+) -> None:
+    """Run the data contract check of a config (tokenises the data with the backbone's tokenizer; no model)."""
+    from tunelab.config import load_config
+    from tunelab.training.setup import prepare_data
+
+    cfg = load_config(config, overrides)
+    prepare_data(cfg, check=True, console=console)
+    console.print("data check passed")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    file: str = typer.Argument(..., help="A data file (or glob) to look at."),
+    config: Path | None = typer.Option(None, "--config", help="Read the data as this config says."),
+    rows: int = typer.Option(3, "--rows", help="How many rows to render."),
+    text_mode: str | None = typer.Option(None, "--text-mode", help="For .txt files: line or file."),
+    histogram: Path | None = typer.Option(None, "--histogram", help="Where to write the length histogram PNG."),
+    overrides: list[str] | None = SetOption,
+) -> None:
+    """Render rows exactly as the model will see them (trained tokens highlighted) and report on the file."""
+    from tunelab.config import load_config
+    from tunelab.data.inspect import compute_report, print_report, render_row, save_length_histogram
+    from tunelab.data.pipeline import encode_source
+    from tunelab.models.load import load_tokenizer, resolve_backbone
+    from tunelab.problems import build_problem
+
+    extra = [f"dataset.text_mode={text_mode}"] if text_mode else []
+    cfg = load_config(config, [*(overrides or []), *extra]) if config else load_config(overrides=[*(overrides or []),
+                                                                                                   *extra])
+    tokenizer = load_tokenizer(resolve_backbone(cfg.llm_backbone))
+    problem = build_problem(cfg, tokenizer)
+    from tunelab.data.formats import ExampleReader
+
+    reader = ExampleReader(cfg, file)
+    labels = [problem.label_of(ex) for _, ex in reader]
+    problem.fit([x for x in labels if x is not None], file)
+    split, _ = encode_source(file, problem)
+    report = compute_report(split, cfg, file, reader.format)
+    print_report(report, console, cfg)
+    for i in range(min(rows, len(split))):
+        console.print(f"\n[bold]row {split.rows[i]}[/] ({split.lengths()[i]} tokens; trained in green, masked dimmed)")
+        console.print(render_row(split, i, tokenizer))
+    target = histogram or Path(Path(file).name.split(".")[0] + "_lengths.png")
+    console.print(f"\nlength histogram: {save_length_histogram(split, cfg, target)}")
 
 
 @app.command()

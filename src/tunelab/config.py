@@ -37,17 +37,45 @@ class Section(BaseModel):
 
 
 class DatasetConfig(Section):
-    train_dataframe: str = Field(
+    train_dataframe: str | list[str] = Field(
         "",
-        description="Training data: a CSV, TSV, JSON, JSONL or Parquet file (path relative to the working directory).",
+        description="Training data: a CSV, TSV, JSON, JSONL, Parquet or text file (optionally .gz), a glob such as "
+        "'data/*.jsonl', a list of those, a folder saved by datasets.save_to_disk, or a hub dataset "
+        "'org/name[:config][@split]'. Paths are relative to the working directory.",
     )
     validation_strategy: Literal["automatic", "custom"] = Field(
         "automatic",
         description="'automatic' holds out `validation_size` of the training data; "
         "'custom' uses `validation_dataframe`.",
     )
-    validation_dataframe: str = Field(
-        "", description="Validation data file, used when validation_strategy is 'custom'."
+    validation_dataframe: str | list[str] = Field(
+        "", description="Validation data (same kinds as train_dataframe), used when validation_strategy is 'custom'."
+    )
+    test_dataframe: str | list[str] = Field(
+        "", description="Optional test data, evaluated once after training and reported as 'test' metrics."
+    )
+    format: Literal[
+        "auto", "columns", "alpaca", "messages", "sharegpt", "h2o_multiturn", "text", "preference"
+    ] = Field(
+        "auto",
+        description="How rows are read: 'columns' (prompt/answer columns), 'alpaca' (instruction, input, output, "
+        "system, history), 'messages' (OpenAI role/content lists), 'sharegpt' (conversations with from/value), "
+        "'h2o_multiturn' (rows chained by id/parent_id), 'text' (raw text for continued pre-training), "
+        "'preference' (prompt/chosen/rejected); 'auto' detects it from the first row.",
+    )
+    text_mode: Literal["line", "file"] = Field(
+        "line", description="For .txt files: one document per line, or one document per file."
+    )
+    text_column: str = Field("text", description="Column holding raw text (format 'text').")
+    messages_column: str = Field("messages", description="Column holding the message list (format 'messages').")
+    id_column: str = Field("id", description="Row id column (format 'h2o_multiturn').")
+    parent_id_column: str = Field(
+        "parent_id", description="Column holding the id of the previous turn's row (format 'h2o_multiturn')."
+    )
+    chosen_column: str = Field("chosen", description="Column holding the preferred answer (format 'preference').")
+    rejected_column: str = Field("rejected", description="Column holding the worse answer (format 'preference').")
+    label_delimiter: str = Field(
+        "", description="Split label cells on this string for multi-label classification (lists also work)."
     )
     validation_size: float = Field(
         0.01,
@@ -88,13 +116,41 @@ class DatasetConfig(Section):
     mask_prompt_labels: bool = Field(True, description="Train only on answer tokens; prompt tokens get no loss.")
     use_chat_template: Literal["auto"] | bool = Field(
         "auto",
-        description="Render rows with the tokenizer's chat template: 'auto' uses it when the tokenizer has one.",
+        description="Render rows with a chat template: 'auto' uses one when the tokenizer has one or "
+        "chat_template names one.",
+    )
+    chat_template: str = Field(
+        "",
+        description="The chat template: empty = the tokenizer's own; a built-in name (chatml, llama3, zephyr, "
+        "alpaca); or a path to a Jinja file. The template used is saved with the run and used by every later command.",
+    )
+    system_prompt: str = Field(
+        "", description="System prompt for conversations that have none (a system_column value wins)."
+    )
+    train_on: Literal["last_answer", "all_answers"] = Field(
+        "all_answers",
+        description="In multi-turn conversations, train on every assistant turn or only the last one "
+        "(H2O's only_last_answer).",
+    )
+    max_truncated_share: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="The data check stops the run when more than this share of training answers is cut by "
+        "the token limits.",
     )
 
     @field_validator("prompt_column", mode="before")
     @classmethod
     def _one_or_more_columns(cls, value: Any) -> Any:
         return (value,) if isinstance(value, str) else value
+
+    @field_validator("train_dataframe", "validation_dataframe", "test_dataframe")
+    @classmethod
+    def _one_source_or_list(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and len(value) == 1:
+            return value[0]
+        return value
 
     @field_validator("validation_size", "data_sample")
     @classmethod
@@ -165,6 +221,15 @@ class TrainingConfig(Section):
     )
     gradient_clip: float = Field(0.0, ge=0, description="Clip the gradient norm to this value; 0 = off.")
     grad_accumulation: int = Field(1, ge=1, le=4096, description="Micro-batches per optimizer step.")
+    packing: bool = Field(
+        False,
+        description="Concatenate examples into rows of up to tokenizer.max_length tokens (attention and labels never "
+        "cross examples), so almost no compute is spent on padding. batch_size then counts packed rows.",
+    )
+    group_by_length: bool = Field(
+        False,
+        description="Batch rows of similar length together (less padding without packing); batches are still shuffled.",
+    )
     adapter: Literal["lora", "none", "head_only"] = Field(
         "lora",
         description="What is trained: 'lora' = LoRA adapters (plus the head for classification), "
@@ -310,6 +375,12 @@ class RunConfig(BaseModel):
             found.append(("dataset.validation_dataframe", "required when validation_strategy is 'custom'"))
         if self.problem_type == "classification" and not self.dataset.label_column:
             found.append(("dataset.label_column", "required for classification"))
+        if self.problem_type == "classification" and self.training.packing:
+            found.append(("training.packing", "packing is for causal LM training; turn it off for classification"))
+        if self.problem_type == "classification" and self.dataset.format not in ("auto", "columns"):
+            found.append(("dataset.format", "classification reads text and label columns: use 'auto' or 'columns'"))
+        if self.problem_type == "causal_lm" and self.dataset.format == "preference":
+            found.append(("dataset.format", "preference pairs train a reward or dpo problem, not causal_lm"))
         if self.problem_type == "causal_lm" and not self.dataset.answer_column:
             found.append(("dataset.answer_column", "required for causal_lm"))
         return found
@@ -626,7 +697,7 @@ def _type_text(ann: Any) -> str:
         return " \\| ".join(str(a) for a in args)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         return " \\| ".join(_type_text(a) for a in args)
-    if origin is tuple:
+    if origin in (tuple, list):
         return f"list of {_type_text(args[0])}"
     return getattr(ann, "__name__", str(ann))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,3 +96,122 @@ def pad_left(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch
             ids[row, width - len(seq) :] = torch.as_tensor(list(seq), dtype=torch.long)
             mask[row, width - len(seq) :] = 1
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def pack_causal(split: EncodedSplit, bins: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """A packed causal-LM batch: each bin's rows concatenated into one sequence.
+
+    Position ids restart at 0 for every example and the batch has no attention mask, so attention stays inside
+    each example; an example's first token gets no label, so no loss crosses examples either. Bins are right-padded
+    to the longest bin; padding forms its own segment and carries no labels.
+    """
+    width = max(sum(int(split.offsets[i + 1] - split.offsets[i]) for i in b) for b in bins)
+    ids = np.full((len(bins), width), pad_id, dtype=np.int64)
+    labels = np.full((len(bins), width), IGNORE_INDEX, dtype=np.int64)
+    positions = np.zeros((len(bins), width), dtype=np.int64)
+    mask = np.zeros((len(bins), width), dtype=np.int64)
+    for row, members in enumerate(bins):
+        at = 0
+        for i in members:
+            seq, lab = split.ids(i), split.token_labels(i)
+            n = len(seq)
+            ids[row, at: at + n] = seq
+            labels[row, at: at + n] = lab
+            labels[row, at] = IGNORE_INDEX  # never predicted from the previous example's last token
+            positions[row, at: at + n] = np.arange(n)
+            mask[row, at: at + n] = 1
+            at += n
+        positions[row, at:] = np.arange(width - at)  # padding: a separate segment
+    batch = {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
+             "position_ids": torch.from_numpy(positions), "attention_mask": torch.from_numpy(mask)}
+    batch["num_trained"] = torch.tensor(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()))
+    return batch
+
+
+def pack_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Best-fit-decreasing bin packing of row indices into bins of at most ``capacity`` tokens (O(n log n))."""
+    import bisect
+
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    bins: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (free tokens, bin index), sorted
+    for i in order:
+        size = min(int(lengths[i]), capacity)
+        at = bisect.bisect_left(free, (size, -1))
+        if at < len(free):
+            room, b = free.pop(at)
+            bins[b].append(i)
+        else:
+            room, b = capacity, len(bins)
+            bins.append([i])
+        if room - size > 0:
+            bisect.insort(free, (room - size, b))
+    return bins
+
+
+class TrainBatches:
+    """The training batches of one epoch after another: shuffled rows, rows grouped by length, or packed bins.
+
+    Used as a DataLoader ``batch_sampler``. Every epoch reshuffles with ``generator``, so a seeded generator gives
+    the same batches in the same order on every run.
+
+    Args:
+        lengths: tokens per training row.
+        batch_size: rows per batch (packed rows when packing).
+        generator: the shuffling generator.
+        drop_last: drop a last incomplete batch.
+        mode: "shuffle", "group_by_length" or "packing".
+        capacity: tokens per packed row (packing only).
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, generator: torch.Generator, drop_last: bool,
+                 mode: str = "shuffle", capacity: int = 0):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.generator = generator
+        self.mode = mode
+        self.bins = pack_bins(self.lengths.tolist(), capacity) if mode == "packing" else None
+        units = len(self.bins) if self.bins is not None else len(self.lengths)
+        self.drop_last = drop_last and units >= batch_size
+
+    def _units(self) -> int:
+        return len(self.bins) if self.bins is not None else len(self.lengths)
+
+    def __len__(self) -> int:
+        n = self._units()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _chunks(self, order: list[Any]) -> list[list[Any]]:
+        chunks = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.drop_last and chunks and len(chunks[-1]) < self.batch_size:
+            chunks = chunks[:-1]
+        return chunks
+
+    def __iter__(self):
+        perm = torch.randperm(self._units(), generator=self.generator).tolist()
+        if self.bins is not None:
+            yield from self._chunks([self.bins[i] for i in perm])
+            return
+        if self.mode == "group_by_length":
+            # Sort within windows of 50 batches so similar lengths share a batch, then shuffle the batches.
+            window = 50 * self.batch_size
+            order = []
+            for start in range(0, len(perm), window):
+                part = perm[start: start + window]
+                order += sorted(part, key=lambda i: -self.lengths[i])
+            chunks = self._chunks(order)
+            shuffle = torch.randperm(len(chunks), generator=self.generator).tolist()
+            yield from (chunks[i] for i in shuffle)
+            return
+        yield from self._chunks(perm)
+
+
+def padding_share(lengths: np.ndarray, batches: Sequence[Sequence[Any]]) -> float:
+    """Share of a padded epoch's tokens that are padding, for the given batches (rows or bins of rows)."""
+    real = padded = 0
+    for batch in batches:
+        sizes = [sum(lengths[i] for i in item) if isinstance(item, (list, tuple)) else lengths[item]
+                 for item in batch]
+        real += sum(sizes)
+        padded += max(sizes) * len(sizes)
+    return 1.0 - real / max(padded, 1)

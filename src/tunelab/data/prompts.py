@@ -1,12 +1,14 @@
 """Rendering conversations into token ids and labels, the same way for training and for inference.
 
-The prompt is tokenised on its own and the answer appended, so the prompt ids seen in training are exactly the ids a
-generation call starts from.
+A conversation is rendered as segments — the text before each assistant turn (never trained) and each assistant
+turn (trained per ``dataset.train_on``). Each segment is tokenised on its own, so the prompt ids seen in training are
+exactly the ids a generation call starts from.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tunelab.config import RunConfig
@@ -14,23 +16,71 @@ from tunelab.errors import DataError
 
 IGNORE_INDEX = -100
 
+BUILTIN_TEMPLATES = {
+    "chatml": (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+        "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    ),
+    "llama3": (
+        "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+        "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+    ),
+    "zephyr": (
+        "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+    ),
+    "alpaca": (
+        "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
+        "{% elif message['role'] == 'user' %}{{ '### Instruction:\\n' + message['content'] + '\\n\\n' }}"
+        "{% else %}{{ '### Response:\\n' + message['content'] + eos_token + '\\n\\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"
+    ),
+}
+
+
+def resolve_chat_template(name: str) -> str:
+    """The Jinja text of ``dataset.chat_template``: a built-in name or a file path.
+
+    Raises:
+        DataError: for an unknown name or unreadable file.
+    """
+    if name in BUILTIN_TEMPLATES:
+        return BUILTIN_TEMPLATES[name]
+    path = Path(name)
+    if path.is_file():
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"cannot read the chat template ({exc})", file=name, field="dataset.chat_template") from None
+    raise DataError(f"unknown chat template '{name}'", field="dataset.chat_template",
+                    hint=f"use a built-in name ({', '.join(BUILTIN_TEMPLATES)}) or the path of a .jinja file")
+
+
+def apply_template_setting(cfg: RunConfig, tokenizer: Any) -> None:
+    """Install ``dataset.chat_template`` on the tokenizer, so it is saved with the run and used everywhere after."""
+    if cfg.dataset.chat_template:
+        tokenizer.chat_template = resolve_chat_template(cfg.dataset.chat_template)
+
 
 @dataclass
 class Rendered:
-    """One tokenised example: ``input_ids`` and ``labels`` (``IGNORE_INDEX`` where no loss is taken)."""
+    """One tokenised example: ``input_ids`` and ``labels`` (``IGNORE_INDEX`` where no loss is taken), with stats."""
 
     input_ids: list[int]
     labels: list[int]
-    prompt_length: int
+    prompt_length: int  # tokens before the last answer
+    answer_length: int  # tokens of the last answer kept
     answer_truncated: bool
+    ends_with_eos: bool  # the last answer ends with the EOS token
 
 
 class PromptRenderer:
-    """Renders conversations with the tokenizer's chat template or H2O-style text fields.
+    """Renders conversations with a chat template or H2O-style text fields.
 
     Args:
         cfg: the run config (dataset and tokenizer sections are used).
-        tokenizer: a transformers tokenizer.
+        tokenizer: a transformers tokenizer (its chat template already set by ``apply_template_setting``).
     """
 
     def __init__(self, cfg: RunConfig, tokenizer: Any):
@@ -39,50 +89,65 @@ class PromptRenderer:
         use = cfg.dataset.use_chat_template
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if use is True and not has_template:
-            raise DataError(
-                "dataset.use_chat_template is true but the tokenizer has no chat template",
-                field="dataset.use_chat_template",
-                hint="set it to 'auto' or false",
-            )
+            raise DataError("dataset.use_chat_template is true but the tokenizer has no chat template",
+                            field="dataset.use_chat_template", hint="set dataset.chat_template, or 'auto'/false")
         self.use_template = has_template if use == "auto" else bool(use)
         self.eos = tokenizer.eos_token or ""
+        self.eos_id = tokenizer.eos_token_id
 
     # ------------------------------------------------------------------ text
     def prompt_text(self, messages: list[dict[str, str]]) -> str:
-        """Everything the model sees before it starts answering the last user turn."""
+        """Everything the model sees before it starts answering (``messages`` ends with a user turn)."""
         if self.use_template:
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return "".join(text for text, _ in self._plain_segments(messages))
+
+    def _plain_segments(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
         ds = self.cfg.dataset
-        parts = []
+        out = []
         for message in messages:
             if message["role"] == "system":
-                parts.append(message["content"] + "\n")
+                out.append((message["content"] + "\n", False))
             elif message["role"] == "user":
-                parts.append(
-                    ds.text_prompt_start
-                    + message["content"]
-                    + (self.eos if ds.add_eos_token_to_prompt else "")
-                    + ds.text_answer_separator
-                )
+                out.append((ds.text_prompt_start + message["content"]
+                            + (self.eos if ds.add_eos_token_to_prompt else "") + ds.text_answer_separator, False))
             else:
-                parts.append(message["content"] + (self.eos if ds.add_eos_token_to_answer else ""))
-        return "".join(parts)
+                out.append((message["content"] + (self.eos if ds.add_eos_token_to_answer else ""), True))
+        return out
 
-    def answer_text(self, messages: list[dict[str, str]]) -> str:
-        """The text of the final assistant turn, including the end-of-turn token the template adds."""
-        answer = messages[-1]["content"]
+    def segments(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+        """(text, is_answer) pieces whose concatenation is the rendered conversation."""
         if not self.use_template:
-            return answer + (self.eos if self.cfg.dataset.add_eos_token_to_answer else "")
+            return self._plain_segments(messages)
+        out: list[tuple[str, bool]] = []
+        done = ""
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prompt = self.prompt_text(messages[:i])
+            full = self.tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+            if not (prompt.startswith(done) and full.startswith(prompt)):
+                # The template rewrites earlier turns once later ones follow: only the last answer can be
+                # rendered exactly as inference will see it.
+                return self._last_turn_segments(messages)
+            answer = self._turn_end(full[len(prompt):])
+            out += [(prompt[len(done):], False), (answer, True)]
+            done = prompt + answer
+        return out
+
+    def _last_turn_segments(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
         prompt = self.prompt_text(messages[:-1])
         full = self.tokenizer.apply_chat_template(messages, tokenize=False)
-        if not full.startswith(prompt):
-            # Some templates rewrite earlier turns once an answer follows; fall back to the plain answer + EOS.
-            return answer + self.eos
-        tail = full[len(prompt) :]
-        # Keep the template's end-of-turn token, drop the whitespace it puts after it.
-        if self.eos and self.eos in tail:
-            tail = tail[: tail.rindex(self.eos) + len(self.eos)]
-        return tail
+        answer = full[len(prompt):] if full.startswith(prompt) else messages[-1]["content"]
+        return [(prompt, False), (self._turn_end(answer), True)]
+
+    def _turn_end(self, answer: str) -> str:
+        """The answer as the template writes it, up to its EOS; EOS is added if the template ends turns otherwise."""
+        if self.eos and self.eos in answer:
+            return answer[: answer.rindex(self.eos) + len(self.eos)]
+        if self.cfg.dataset.add_eos_token_to_answer and self.eos:
+            return answer.rstrip() + self.eos
+        return answer
 
     # ------------------------------------------------------------------ ids
     def _encode(self, text: str, *, first: bool) -> list[int]:
@@ -96,27 +161,48 @@ class PromptRenderer:
         return self._cut_left(ids, self.cfg.tokenizer.max_length_prompt)
 
     def _cut_left(self, ids: list[int], limit: int) -> list[int]:
+        return self._cut_left_pair(ids, ids, limit)[0]
+
+    def _cut_left_pair(self, ids: list[int], labels: list[int], limit: int) -> tuple[list[int], list[int]]:
+        """Keep the last ``limit`` tokens (and their labels); a leading BOS survives the cut."""
         if len(ids) <= limit:
-            return ids
+            return ids, labels
+        if limit <= 0:
+            return [], []
         bos = self.tokenizer.bos_token_id
-        keep = 1 if bos is not None and ids and ids[0] == bos and limit > 1 else 0
-        return ids[:keep] + ids[len(ids) - (limit - keep) :]
+        keep = 1 if bos is not None and ids[0] == bos and limit > 1 else 0
+        start = len(ids) - (limit - keep)
+        return ids[:keep] + ids[start:], labels[:keep] + labels[start:]
 
     def render(self, messages: list[dict[str, str]]) -> Rendered:
-        """Token ids and labels for a conversation whose last turn is the assistant's answer."""
-        tok = self.cfg.tokenizer
-        prompt = self.prompt_ids(messages[:-1])
-        answer_full = self._encode(self.answer_text(messages), first=False)
+        """Token ids and labels for a conversation whose last turn is an assistant answer.
+
+        Everything before the last answer counts as the prompt for the length limits: it is cut from the left, the
+        last answer from the right, and the prompt gives way first when the total is too long.
+        """
+        tok, ds = self.cfg.tokenizer, self.cfg.dataset
+        pieces = self.segments(messages)
+        last_answer = max(i for i, (_, is_answer) in enumerate(pieces) if is_answer)
+        ids: list[int] = []
+        labels: list[int] = []
+        for i, (text, is_answer) in enumerate(pieces[:last_answer]):
+            part = self._encode(text, first=i == 0)
+            trained = (is_answer and ds.train_on == "all_answers") or not ds.mask_prompt_labels
+            ids += part
+            labels += part if trained else [IGNORE_INDEX] * len(part)
+        answer_full = self._encode(pieces[last_answer][0], first=last_answer == 0)
         answer = answer_full[: tok.max_length_answer]
-        truncated = len(answer) < len(answer_full)
-        overflow = len(prompt) + len(answer) - tok.max_length
-        if overflow > 0:
-            # The prompt gives way first (from the left), then the answer (from the right).
-            prompt = self._cut_left(prompt, max(len(prompt) - overflow, 1))
-            overflow = len(prompt) + len(answer) - tok.max_length
-            if overflow > 0:
-                answer = answer[: len(answer) - overflow]
-                truncated = True
-        mask = self.cfg.dataset.mask_prompt_labels
-        labels = ([IGNORE_INDEX] * len(prompt) if mask else list(prompt)) + list(answer)
-        return Rendered(list(prompt) + list(answer), labels, len(prompt), truncated)
+        ids, labels = self._cut_left_pair(ids, labels, tok.max_length_prompt)
+        # The prompt gives way first, then the answer.
+        ids, labels = self._cut_left_pair(ids, labels, max(tok.max_length - len(answer), 1 if ids else 0))
+        answer = answer[: max(tok.max_length - len(ids), 0)]
+        return Rendered(ids + answer, labels + answer, len(ids), len(answer), len(answer) < len(answer_full),
+                        bool(answer_full) and answer_full[-1] == self.eos_id)
+
+    def render_text(self, text: str) -> list[list[int]]:
+        """Raw text for continued pre-training: EOS appended, every token trained, split into max_length chunks."""
+        ids = self._encode(text, first=True)
+        if self.cfg.dataset.add_eos_token_to_answer and self.eos_id is not None:
+            ids = ids + [self.eos_id]
+        size = self.cfg.tokenizer.max_length
+        return [ids[i: i + size] for i in range(0, len(ids), size) if len(ids[i: i + size]) > 1]

@@ -53,3 +53,26 @@ def compute_classification_metrics(targets: np.ndarray, probabilities: np.ndarra
         probs = probabilities[:, present] / probabilities[:, present].sum(axis=1, keepdims=True)
         metrics["auc"] = float(roc_auc_score(targets, probs, multi_class="ovr", average="macro", labels=present))
     return metrics
+
+
+def compute_multilabel_metrics(targets: np.ndarray, probabilities: np.ndarray,
+                               threshold: float = 0.5) -> dict[str, float]:
+    """Multi-label: subset accuracy (every label right), micro/macro F1 and macro AUC over classes with both values.
+
+    Args:
+        targets: multi-hot truth, shape [rows, classes].
+        probabilities: per-class probabilities, shape [rows, classes].
+    """
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    predicted = (probabilities >= threshold).astype(int)
+    truth = (targets > 0.5).astype(int)
+    scored = [c for c in range(truth.shape[1]) if 0 < truth[:, c].sum() < len(truth)]
+    auc = (float(np.mean([roc_auc_score(truth[:, c], probabilities[:, c]) for c in scored]))
+           if scored else float("nan"))
+    return {
+        "accuracy": float((predicted == truth).all(axis=1).mean()),
+        "f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+        "f1_micro": float(f1_score(truth, predicted, average="micro", zero_division=0)),
+        "auc": auc,
+    }

@@ -33,6 +33,8 @@ def load_run(path: str | Path, device: str | None = None) -> LoadedRun:
     """
     run = RunDirectory.open(path)
     cfg = run.config()
+    # The saved tokenizer carries the chat template used in training: never re-resolve it from the config.
+    cfg.dataset.chat_template = ""
     tokenizer = load_tokenizer(str(run.tokenizer_dir))
     problem = build_problem(cfg, tokenizer)
     problem.load(run.path)

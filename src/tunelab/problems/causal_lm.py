@@ -1,4 +1,4 @@
-"""Causal language modelling: instruction / chat fine-tuning with answer-only loss."""
+"""Causal language modelling: instruction / chat fine-tuning with answer-only loss, and continued pre-training."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.config import RunConfig
-from tunelab.data.collate import pad_causal
-from tunelab.data.formats import causal_example
-from tunelab.data.prompts import IGNORE_INDEX, PromptRenderer
+from tunelab.data.collate import pack_causal, pad_causal
+from tunelab.data.prompts import IGNORE_INDEX, PromptRenderer, apply_template_setting
 from tunelab.data.readers import Record
 from tunelab.data.tokenize import EncodedSplit, SplitBuilder
 from tunelab.evaluate.metrics import compute_bleu, compute_perplexity, compute_sentence_bleu
@@ -37,15 +36,24 @@ def _head_fast_path(model: Any) -> tuple[Any, Any] | None:
     return decoder, head
 
 
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The forward arguments of a batch. Packed batches carry position ids that restart per example and no
+    attention mask: transformers then keeps attention inside each example."""
+    if "position_ids" in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
 @PROBLEMS.register("causal_lm")
 class CausalLMProblem:
-    """Instruction/chat supervised fine-tuning of a causal LM."""
+    """Instruction/chat supervised fine-tuning and continued pre-training of a causal LM."""
 
     name: ClassVar[str] = "causal_lm"
 
     def __init__(self, cfg: RunConfig, tokenizer: Any):
         self.cfg = cfg
         self.tokenizer = tokenizer
+        apply_template_setting(cfg, tokenizer)
         self.renderer = PromptRenderer(cfg, tokenizer)
 
     def auto_class(self) -> Any:
@@ -57,36 +65,38 @@ class CausalLMProblem:
         return {}
 
     # ------------------------------------------------------------------ data
-    def example(self, record: Record) -> dict[str, Any]:
-        return causal_example(record, self.cfg)
-
     def label_of(self, example: dict[str, Any]) -> str | None:
         return None
 
-    def fit(self, labels: list[str], source: str) -> None:
+    def fit(self, labels: list[Any], source: str) -> None:
         return None
 
     def encode(self, example: dict[str, Any], builder: SplitBuilder, row: int, record: Record) -> None:
+        if "text" in example:  # raw text: continued pre-training, every token trained
+            for chunk in self.renderer.render_text(example["text"]):
+                builder.add(chunk, row, labels=chunk, prompt_length=0, answer_length=len(chunk), truncated=False,
+                            ends_eos=chunk[-1] == self.tokenizer.eos_token_id, empty=False)
+            return
+        if "messages" not in example:
+            raise record.error("preference pairs train a reward or dpo problem, not causal_lm",
+                               hint="set problem_type, or use prompt/answer data")
         rendered = self.renderer.render(example["messages"])
-        builder.add(rendered.input_ids, row, labels=rendered.labels)
+        builder.add(rendered.input_ids, row, labels=rendered.labels, prompt_length=rendered.prompt_length,
+                    answer_length=rendered.answer_length, truncated=rendered.answer_truncated,
+                    ends_eos=rendered.ends_with_eos, empty=not example["messages"][-1]["content"].strip())
 
-    def collate(
-        self, split: EncodedSplit, indices: list[int], train: bool, generator: torch.Generator | None = None
-    ) -> dict[str, torch.Tensor]:
+    def collate(self, split: EncodedSplit, indices: list[Any], train: bool,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """A right-padded batch; with packing, ``indices`` is a list of bins (lists of rows) instead."""
+        if indices and isinstance(indices[0], (list, tuple)):
+            return pack_causal(split, indices, self.tokenizer.pad_token_id)
         mask_p = self.cfg.augmentation.token_mask_probability if train else 0.0
-        return pad_causal(
-            split,
-            indices,
-            self.tokenizer.pad_token_id,
-            self.cfg.tokenizer.padding_quantile,
-            mask_p,
-            generator=generator,
-        )
+        return pad_causal(split, indices, self.tokenizer.pad_token_id, self.cfg.tokenizer.padding_quantile,
+                          mask_p, generator=generator)
 
     # ------------------------------------------------------------------ loss
-    def trained_logits(
-        self, model: Any, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def trained_logits(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                   torch.Tensor]:
         """Logits at trained positions only, their target tokens, and the batch row of each.
 
         The LM head runs only where a label is trained: prompt and padding positions never get vocabulary logits,
@@ -94,16 +104,15 @@ class CausalLMProblem:
         """
         labels = batch["labels"][:, 1:]  # [batch, seq-1]: the token each position predicts
         trained = labels != IGNORE_INDEX
+        inputs = model_inputs(batch)
         fast = _head_fast_path(model)
         if fast is None:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logits = logits[:, :-1][trained]  # [trained, vocab]
+            logits = model(**inputs).logits[:, :-1][trained]  # [trained, vocab]
         else:
             decoder, head = fast
-            hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            hidden = decoder(**inputs).last_hidden_state
             logits = head(hidden[:, :-1][trained])  # [trained, vocab]
-        rows = trained.nonzero()[:, 0]
-        return logits, labels[trained], rows
+        return logits, labels[trained], trained.nonzero()[:, 0]
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed next-token cross-entropy over trained tokens, and their count."""
@@ -145,40 +154,29 @@ class CausalLMProblem:
         mean = float(row_sum.sum() / row_count.sum().clamp(min=1))
         return mean, (row_sum / row_count.clamp(min=1)).numpy()
 
-    def evaluate(
-        self, model: Any, split: EncodedSplit, examples: list[dict[str, Any]], generate: bool = True
-    ) -> EvalResult:
+    def evaluate(self, model: Any, split: EncodedSplit, examples: list[dict[str, Any]],
+                 generate: bool = True) -> EvalResult:
         mean_loss, per_row_loss = self.validation_loss(model, split)
         metrics = {"loss": mean_loss, "perplexity": compute_perplexity(mean_loss)}
-        rows = []
+        if len(per_row_loss) != len(examples) or any("messages" not in ex for ex in examples):
+            # Raw text (possibly several chunks per document): nothing to answer, so loss and perplexity only.
+            return EvalResult(metrics, [{"prompt": "", "reference": "", "prediction": "", "score": float("nan"),
+                                         "loss": float(lo)} for lo in per_row_loss])
         references = [ex["messages"][-1]["content"] for ex in examples]
         prompts = [ex["messages"][-2]["content"] for ex in examples]  # the last user turn, as written
+        answers = [""] * len(examples)
         if generate:
-            answers = generate_batched(
-                model, self.tokenizer, self.prompt_ids(examples), self.cfg.prediction, self.inference_batch_size()
-            )
+            answers = generate_batched(model, self.tokenizer, self.prompt_ids(examples), self.cfg.prediction,
+                                       self.inference_batch_size())
             metrics["bleu"] = compute_bleu(answers, references)
-            for prompt, ref, ans, loss in zip(prompts, references, answers, per_row_loss):
-                rows.append(
-                    {
-                        "prompt": prompt,
-                        "reference": ref,
-                        "prediction": ans,
-                        "score": compute_sentence_bleu(ans, ref),
-                        "loss": float(loss),
-                    }
-                )
-        else:
-            rows = [
-                {"prompt": p, "reference": r, "prediction": "", "score": float("nan"), "loss": float(lo)}
-                for p, r, lo in zip(prompts, references, per_row_loss)
-            ]
+        rows = [{"prompt": p, "reference": r, "prediction": a,
+                 "score": compute_sentence_bleu(a, r) if generate else float("nan"), "loss": float(lo)}
+                for p, r, a, lo in zip(prompts, references, answers, per_row_loss)]
         return EvalResult(metrics, rows)
 
     def predict(self, model: Any, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        answers = generate_batched(
-            model, self.tokenizer, self.prompt_ids(examples), self.cfg.prediction, self.inference_batch_size()
-        )
+        answers = generate_batched(model, self.tokenizer, self.prompt_ids(examples), self.cfg.prediction,
+                                   self.inference_batch_size())
         return [{"prediction": a} for a in answers]
 
     def save(self, run_dir: Path) -> None:

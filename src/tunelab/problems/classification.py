@@ -1,4 +1,5 @@
-"""Sequence classification: one or more text columns, one label per row, binary or multi-class."""
+"""Sequence classification: one or more text columns; one label per row (binary or multi-class) or several
+(multi-label, a list or a delimited string)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ import torch.nn.functional as F
 
 from tunelab.config import RunConfig
 from tunelab.data.collate import pad_classification
-from tunelab.data.formats import classification_example
 from tunelab.data.readers import Record
 from tunelab.data.tokenize import EncodedSplit, SplitBuilder
 from tunelab.errors import DataError, RunDirError
-from tunelab.evaluate.metrics import compute_classification_metrics
+from tunelab.evaluate.metrics import compute_classification_metrics, compute_multilabel_metrics
 from tunelab.io import write_json_atomic
 from tunelab.problems import PROBLEMS
 from tunelab.problems.base import EvalResult
@@ -41,6 +41,7 @@ class ClassificationProblem:
         self.tokenizer = tokenizer
         self.classes: list[str] = []
         self.class_index: dict[str, int] = {}
+        self.multi_label = False
 
     def auto_class(self) -> Any:
         from transformers import AutoModelForSequenceClassification
@@ -48,56 +49,70 @@ class ClassificationProblem:
         return AutoModelForSequenceClassification
 
     def model_kwargs(self) -> dict[str, Any]:
-        return {
-            "num_labels": len(self.classes),
-            "id2label": dict(enumerate(self.classes)),
-            "label2id": dict(self.class_index),
-            "pad_token_id": self.tokenizer.pad_token_id,
-        }
+        kwargs = {"num_labels": len(self.classes), "id2label": dict(enumerate(self.classes)),
+                  "label2id": dict(self.class_index), "pad_token_id": self.tokenizer.pad_token_id}
+        if self.multi_label:
+            kwargs["problem_type"] = "multi_label_classification"
+        return kwargs
 
     # ------------------------------------------------------------------ data
-    def example(self, record: Record) -> dict[str, Any]:
-        return classification_example(record, self.cfg)
-
-    def label_of(self, example: dict[str, Any]) -> str | None:
+    def label_of(self, example: dict[str, Any]) -> Any:
         return example["label"]
 
-    def fit(self, labels: list[str], source: str) -> None:
-        classes = sort_labels(set(labels))
-        if len(classes) < 2:
+    def fit(self, labels: list[Any], source: str) -> None:
+        self.multi_label = any(isinstance(label, list) for label in labels)
+        names: set[str] = set()
+        for label in labels:
+            names.update(label if isinstance(label, list) else [label])
+        classes = sort_labels(names)
+        if len(classes) < 2 and not (self.multi_label and classes):
             only = classes[0] if classes else "none"
-            raise DataError(
-                f"the label column has only one class ('{only}'); classification needs at least two",
-                file=source,
-                field=self.cfg.dataset.label_column,
-                hint="check dataset.label_column, or add rows of the other classes",
-            )
+            raise DataError(f"the label column has only one class ('{only}'); classification needs at least two",
+                            file=source, field=self.cfg.dataset.label_column,
+                            hint="check dataset.label_column, or add rows of the other classes")
         self._set_classes(classes)
 
     def _set_classes(self, classes: list[str]) -> None:
         self.classes = list(classes)
         self.class_index = {c: i for i, c in enumerate(self.classes)}
 
-    def encode(self, example: dict[str, Any], builder: SplitBuilder, row: int, record: Record) -> None:
-        label = example["label"]
-        if label not in self.class_index:
-            raise record.error(
-                f"label '{label}' does not occur in the training data (classes: {', '.join(self.classes[:10])})",
-                field=self.cfg.dataset.label_column,
-            )
-        ids = self.tokenizer(example["text"], truncation=True, max_length=self.cfg.tokenizer.max_length)["input_ids"]
-        builder.add(ids, row, target=self.class_index[label])
+    def _target(self, label: Any, record: Record) -> Any:
+        names = label if isinstance(label, list) else [label]
+        for name in names:
+            if name not in self.class_index:
+                raise record.error(f"label '{name}' does not occur in the training data "
+                                   f"(classes: {', '.join(self.classes[:10])})", field=self.cfg.dataset.label_column)
+        if not self.multi_label:
+            return self.class_index[names[0]]
+        hot = [0.0] * len(self.classes)
+        for name in names:
+            hot[self.class_index[name]] = 1.0
+        return hot
 
-    def collate(
-        self, split: EncodedSplit, indices: list[int], train: bool, generator: torch.Generator | None = None
-    ) -> dict[str, torch.Tensor]:
+    def _ids(self, text: str) -> tuple[list[int], bool]:
+        ids = self.tokenizer(text, truncation=True, max_length=self.cfg.tokenizer.max_length,
+                             return_overflowing_tokens=False)["input_ids"]
+        return ids, len(ids) >= self.cfg.tokenizer.max_length
+
+    def encode(self, example: dict[str, Any], builder: SplitBuilder, row: int, record: Record) -> None:
+        ids, truncated = self._ids(example["text"])
+        label = example["label"]
+        builder.add(ids, row, target=self._target(label, record), truncated=truncated,
+                    empty=not example["text"].strip(), label="|".join(label) if isinstance(label, list) else label,
+                    prompt_length=len(ids), answer_length=0, ends_eos=True)
+
+    def collate(self, split: EncodedSplit, indices: list[int], train: bool,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         return pad_classification(split, indices, self.tokenizer.pad_token_id, self.cfg.tokenizer.padding_quantile)
 
     # ------------------------------------------------------------------ loss
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss_sum = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
-        return loss_sum, torch.tensor(len(batch["labels"]))
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        if self.multi_label:
+            # Mean over classes per row, summed over rows: normalised by rows like the single-label loss.
+            loss_sum = F.binary_cross_entropy_with_logits(logits, batch["labels"].float(), reduction="none").mean(1)
+            return loss_sum.sum(), torch.tensor(len(batch["labels"]))
+        return F.cross_entropy(logits, batch["labels"], reduction="sum"), torch.tensor(len(batch["labels"]))
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -111,56 +126,58 @@ class ClassificationProblem:
         for start in range(0, len(split), batch_size):
             indices = list(range(start, min(start + batch_size, len(split))))
             batch = pad_classification(split, indices, self.tokenizer.pad_token_id)
-            logits = model(
-                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-            ).logits
-            out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits.float()
+            probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
+            out.append(probs.cpu().numpy())
         model.train(was_training)
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
-    def evaluate(
-        self, model: Any, split: EncodedSplit, examples: list[dict[str, Any]], generate: bool = True
-    ) -> EvalResult:
+    def evaluate(self, model: Any, split: EncodedSplit, examples: list[dict[str, Any]],
+                 generate: bool = True) -> EvalResult:
         probs = self.probabilities(model, split)
         targets = split.targets
         assert targets is not None
+        if self.multi_label:
+            metrics = compute_multilabel_metrics(targets, probs)
+            clipped = np.clip(probs, 1e-7, 1 - 1e-7)
+            bce = -(targets * np.log(clipped) + (1 - targets) * np.log(1 - clipped)).mean()
+            metrics = {"loss": float(bce), **metrics}
+            rows = [{"prompt": ex["text"], "reference": "|".join(ex["label"]), "prediction": self._names(p),
+                     "score": float(((p >= 0.5) == (t > 0.5)).all())} for ex, p, t in zip(examples, probs, targets)]
+            return EvalResult(metrics, rows)
         metrics = compute_classification_metrics(targets, probs)
         picked = probs[np.arange(len(targets)), targets]
         metrics = {"loss": float(-np.log(np.clip(picked, 1e-12, None)).mean()), **metrics}
         rows = []
         for ex, p, t in zip(examples, probs, targets):
             guess = int(p.argmax())
-            rows.append(
-                {
-                    "prompt": ex["text"],
-                    "reference": self.classes[t],
-                    "prediction": self.classes[guess],
-                    "score": float(guess == t),
-                    "confidence": float(p[guess]),
-                }
-            )
+            rows.append({"prompt": ex["text"], "reference": self.classes[t], "prediction": self.classes[guess],
+                         "score": float(guess == t), "confidence": float(p[guess])})
         return EvalResult(metrics, rows)
+
+    def _names(self, probs: np.ndarray) -> str:
+        return "|".join(c for c, p in zip(self.classes, probs) if p >= 0.5)
 
     def predict(self, model: Any, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         builder = SplitBuilder()
         for i, ex in enumerate(examples):
-            ids = self.tokenizer(ex["text"], truncation=True, max_length=self.cfg.tokenizer.max_length)["input_ids"]
-            builder.add(ids, i + 1, target=0)
+            builder.add(self._ids(ex["text"])[0], i + 1, target=[0.0] * len(self.classes) if self.multi_label else 0)
         probs = self.probabilities(model, builder.build())
-        return [
-            {
-                "prediction": self.classes[int(p.argmax())],
-                "confidence": float(p.max()),
-                **{f"prob_{c}": float(v) for c, v in zip(self.classes, p)},
-            }
-            for p in probs
-        ]
+        out = []
+        for p in probs:
+            head = ({"prediction": self._names(p)} if self.multi_label
+                    else {"prediction": self.classes[int(p.argmax())], "confidence": float(p.max())})
+            out.append({**head, **{f"prob_{c}": float(v) for c, v in zip(self.classes, p)}})
+        return out
 
     def save(self, run_dir: Path) -> None:
-        write_json_atomic(run_dir / "labels.json", {"classes": self.classes})
+        write_json_atomic(run_dir / "labels.json", {"classes": self.classes, "multi_label": self.multi_label})
 
     def load(self, run_dir: Path) -> None:
         path = run_dir / "labels.json"
         if not path.is_file():
             raise RunDirError("labels.json is missing from the run directory", file=str(run_dir))
-        self._set_classes(json.loads(path.read_text(encoding="utf-8"))["classes"])
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        self._set_classes(saved["classes"])
+        self.multi_label = bool(saved.get("multi_label", False))

@@ -53,6 +53,9 @@ class Evaluator:
             self.before = result
             return result
         self.last, self.last_step = result, state.step
+        if self.key not in result.metrics:
+            # Raw-text data has nothing to generate, so no BLEU: the best checkpoint follows perplexity instead.
+            self.metric, self.key = "Perplexity", "perplexity"
         if is_better(result.metrics.get(self.key), state.best_metric, self.metric):
             state.best_metric = result.metrics[self.key]
             state.best_step = state.step

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from tunelab.config import RunConfig
+from tunelab.io import write_json_atomic
 from tunelab.rundir import RunDirectory
 from tunelab.training.evaluation import Evaluator
 from tunelab.training.logger import MetricLogger, progress_bar
@@ -74,13 +75,14 @@ def train_step(s: TrainSetup, window: list[dict[str, torch.Tensor]]) -> tuple[fl
     return total / max(units, 1), units, tokens
 
 
-def train(cfg: RunConfig, force: bool = False, console: Any = None) -> RunResult:
+def train(cfg: RunConfig, force: bool = False, console: Any = None, check: bool = True) -> RunResult:
     """Train and evaluate one run; everything it produces goes into its run directory.
 
     Args:
         cfg: the validated run config.
         force: replace an existing run directory of the same name.
         console: a rich console for progress output (a quiet one is made when None).
+        check: stop on data the contract check rejects (``--no-check`` turns this off).
 
     Returns:
         The run's metrics and locations.
@@ -96,9 +98,10 @@ def train(cfg: RunConfig, force: bool = False, console: Any = None) -> RunResult
     cfg = cfg.model_copy(deep=True)
     cfg.environment.seed = seed  # the saved config reproduces this run
     # Everything that can be wrong with the input (model, tokenizer, data) fails here, before anything is written.
-    s = setup(cfg, seed)
+    s = setup(cfg, seed, check=check, console=console)
     run = RunDirectory.create(cfg, force=force)
     run.save_config(cfg)
+    write_json_atomic(run.path / "data_check.json", s.report.to_dict())
     console.print(
         f"[bold]{cfg.experiment_name}[/]: {cfg.problem_type} on {cfg.llm_backbone} "
         f"({cfg.training.adapter}); {s.parameters.describe()}"
@@ -128,6 +131,12 @@ def train(cfg: RunConfig, force: bool = False, console: Any = None) -> RunResult
         metrics = evaluator.metrics_summary()
         run.save_metrics(metrics)
         run.save_predictions(evaluator.prediction_rows())
+        if s.data.test is not None:
+            test = s.problem.evaluate(s.model, s.data.test, s.data.test_examples)
+            metrics["test"] = test.metrics
+            run.save_metrics(metrics)
+            run.save_predictions(test.rows, "test_predictions.csv")
+            console.print("test: " + ", ".join(f"{k} {v:.4g}" for k, v in test.metrics.items()))
     except BaseException as exc:
         info.update(
             status="stopped" if isinstance(exc, KeyboardInterrupt) else "failed",

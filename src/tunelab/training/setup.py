@@ -10,7 +10,9 @@ from typing import Any
 import torch
 
 from tunelab.config import RunConfig
-from tunelab.data.pipeline import DataSplits, build_splits
+from tunelab.data.collate import TrainBatches
+from tunelab.data.inspect import DataReport, batching_mode, compute_report, enforce, print_report
+from tunelab.data.pipeline import DataSplits, build_splits, source_name
 from tunelab.data.tokenize import EncodedSplit
 from tunelab.models.adapters import ParameterCount, apply_adapter, count_parameters
 from tunelab.models.load import load_backbone, load_tokenizer, resolve_backbone
@@ -32,13 +34,26 @@ class LossModule(torch.nn.Module):
 
 
 class Collator:
-    """Picklable collate function: data-loader indices -> a padded batch of one split."""
+    """Picklable collate function: data-loader indices (or packed bins) -> a padded batch of one split."""
 
     def __init__(self, problem: Any, split: EncodedSplit, train: bool, generator: torch.Generator | None = None):
         self.problem, self.split, self.train, self.generator = problem, split, train, generator
 
-    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def __call__(self, indices: list[Any]) -> dict[str, torch.Tensor]:
         return self.problem.collate(self.split, list(indices), self.train, self.generator)
+
+
+class _Identity(torch.utils.data.Dataset):
+    """A dataset whose items are their own indices: batches are built by the collator from the flat arrays."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: Any) -> Any:
+        return index
 
 
 @dataclass
@@ -49,6 +64,7 @@ class TrainSetup:
     tokenizer: Any
     problem: Any
     data: DataSplits
+    report: DataReport
     model: Any  # the (possibly peft-wrapped) transformers model
     loss_module: Any  # the prepared LossModule
     optimizer: Any
@@ -75,84 +91,81 @@ def mixed_precision_mode(setting: Any) -> str:
 def build_model(cfg: RunConfig, problem: Any, source: str) -> Any:
     """Load the backbone with the problem's head, configure it, and apply the adapter."""
     arch = cfg.architecture
-    model = load_backbone(
-        source,
-        problem.auto_class(),
-        dtype=arch.backbone_dtype,
-        dropout=arch.intermediate_dropout if arch.intermediate_dropout > 0 else None,
-        **problem.model_kwargs(),
-    )
+    model = load_backbone(source, problem.auto_class(), dtype=arch.backbone_dtype,
+                          dropout=arch.intermediate_dropout if arch.intermediate_dropout > 0 else None,
+                          **problem.model_kwargs())
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = problem.tokenizer.pad_token_id
     if arch.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    if arch.force_embedding_gradients:
-        model.get_input_embeddings().weight.requires_grad_(True)
     model = apply_adapter(model, cfg)
     if arch.force_embedding_gradients:
         model.get_input_embeddings().weight.requires_grad_(True)
     return model
 
 
-def count_steps(cfg: RunConfig, n_train: int) -> tuple[int, int]:
+def build_batches(cfg: RunConfig, split: EncodedSplit, generator: torch.Generator) -> TrainBatches:
+    """The training batch plan: shuffled rows, rows grouped by length, or packed bins."""
+    return TrainBatches(split.lengths(), cfg.training.batch_size, generator, cfg.training.drop_last_batch,
+                        mode=batching_mode(cfg), capacity=cfg.tokenizer.max_length)
+
+
+def count_steps(cfg: RunConfig, batches_per_epoch: int) -> tuple[int, int]:
     """(optimizer steps per epoch, total optimizer steps)."""
-    training = cfg.training
-    batches = n_train // training.batch_size if training.drop_last_batch else math.ceil(n_train / training.batch_size)
-    batches = max(batches, 1)
-    per_epoch = math.ceil(batches / training.grad_accumulation)
-    total = training.max_steps if training.max_steps > 0 else per_epoch * training.epochs
+    per_epoch = math.ceil(max(batches_per_epoch, 1) / cfg.training.grad_accumulation)
+    total = cfg.training.max_steps if cfg.training.max_steps > 0 else per_epoch * cfg.training.epochs
     return per_epoch, total
 
 
-def setup(cfg: RunConfig, seed: int) -> TrainSetup:
-    """Build tokenizer -> data -> model -> adapter -> optimizer -> scheduler, then hand them to accelerate."""
+def prepare_data(cfg: RunConfig, check: bool = True, console: Any = None) -> tuple[str, Any, Any, DataSplits,
+                                                                                  DataReport]:
+    """Resolve the backbone, load its tokenizer, build the problem and its data, and run the data check.
+
+    Returns:
+        (backbone source, tokenizer, problem, data splits, data report).
+
+    Raises:
+        DataError: for bad data, or (when ``check``) data the contract check rejects.
+    """
+    source = resolve_backbone(cfg.llm_backbone)
+    tokenizer = load_tokenizer(source)
+    problem = build_problem(cfg, tokenizer)
+    data = build_splits(cfg, problem)
+    report = compute_report(data.train, cfg, source_name(cfg.dataset.train_dataframe), data.info["format"],
+                            data.info.get("deduplicated", 0))
+    if console is not None:
+        print_report(report, console, cfg)
+    if check:
+        enforce(report, cfg)
+    return source, tokenizer, problem, data, report
+
+
+def setup(cfg: RunConfig, seed: int, check: bool = True, console: Any = None) -> TrainSetup:
+    """Build tokenizer -> data (checked) -> model -> adapter -> optimizer -> scheduler, then hand them to accelerate."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     # Seed first: data order, dropout and new heads all draw from it.
     set_seed(seed)
-    accelerator = Accelerator(
-        mixed_precision=mixed_precision_mode(cfg.environment.mixed_precision), cpu=not torch.cuda.is_available()
-    )
-    source = resolve_backbone(cfg.llm_backbone)
-    # The tokenizer comes before the data: rendering and token lengths depend on it.
-    tokenizer = load_tokenizer(source)
-    problem = build_problem(cfg, tokenizer)
-    # The data comes before the model: a classification head's size is the number of classes found.
-    data = build_splits(cfg, problem)
+    accelerator = Accelerator(mixed_precision=mixed_precision_mode(cfg.environment.mixed_precision),
+                              cpu=not torch.cuda.is_available())
+    # The tokenizer comes before the data (rendering depends on it); the data before the model: a classification
+    # head's size is the number of classes found, and bad data should fail before a model is loaded.
+    source, tokenizer, problem, data, report = prepare_data(cfg, check, console)
     model = build_model(cfg, problem, source)
     parameters = count_parameters(model)
     # The optimizer comes after the adapter: it must see only the parameters that train.
     optimizer = build_optimizer(model, cfg.training)
-    steps_per_epoch, total_steps = count_steps(cfg, len(data.train))
+    generator = torch.Generator().manual_seed(seed)
+    batches = build_batches(cfg, data.train, generator)
+    steps_per_epoch, total_steps = count_steps(cfg, len(batches))
     warmup = round(cfg.training.warmup_epochs * steps_per_epoch)
     scheduler = build_scheduler(optimizer, cfg.training.schedule, total_steps, warmup)
-    generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(
-        range(len(data.train)),
-        batch_size=cfg.training.batch_size,
-        shuffle=True,
-        drop_last=cfg.training.drop_last_batch and len(data.train) >= cfg.training.batch_size,
-        generator=generator,
+        _Identity(len(data.train)), batch_sampler=batches,
         collate_fn=Collator(problem, data.train, train=True, generator=generator),
-        num_workers=cfg.environment.number_of_workers,
-    )
+        num_workers=cfg.environment.number_of_workers)
     loss_module, optimizer = accelerator.prepare(LossModule(model, problem), optimizer)
-    return TrainSetup(
-        cfg,
-        seed,
-        accelerator,
-        tokenizer,
-        problem,
-        data,
-        model,
-        loss_module,
-        optimizer,
-        scheduler,
-        loader,
-        steps_per_epoch,
-        total_steps,
-        parameters,
-        source,
-    )
+    return TrainSetup(cfg, seed, accelerator, tokenizer, problem, data, report, model, loss_module, optimizer,
+                      scheduler, loader, steps_per_epoch, total_steps, parameters, source)
