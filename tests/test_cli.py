@@ -137,8 +137,17 @@ def test_config_init_and_validate(tmp_path, qa_jsonl):
     assert_one_line_error(proc, "train_dataframe")
     proc = run("config", "validate", out, "--set", f"dataset.train_dataframe={qa_jsonl}")
     assert_one_line_error(proc, "qa.jsonl", "line 1", "field 'instruction'")  # the default prompt column
-    proc = run("config", "validate", out, "--set", f"dataset.train_dataframe={qa_jsonl}",
-               "--set", "dataset.prompt_column=question", "--set", "dataset.answer_column=answer")
+    proc = run(
+        "config",
+        "validate",
+        out,
+        "--set",
+        f"dataset.train_dataframe={qa_jsonl}",
+        "--set",
+        "dataset.prompt_column=question",
+        "--set",
+        "dataset.answer_column=answer",
+    )
     assert proc.returncode == 0 and "40 training rows" in proc.stdout
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 
 import pytest
 from conftest import ASSETS, shared_file
@@ -12,7 +11,7 @@ from conftest import ASSETS, shared_file
 from tunelab.config import load_config
 from tunelab.data.formats import ExampleReader, detect_format, parse_hh_dialogue, split_shared_prefix
 from tunelab.data.prompts import IGNORE_INDEX, PromptRenderer
-from tunelab.data.readers import Record, iter_records
+from tunelab.data.readers import Record
 from tunelab.errors import DataError
 from tunelab.models.load import load_tokenizer
 
@@ -21,8 +20,9 @@ FORMATS = ASSETS / "formats"
 
 def cfg(**dataset):
     problem = dataset.pop("problem_type", "causal_lm")
-    return load_config(base={"problem_type": problem,
-                             "dataset": {"prompt_column": ["question"], "answer_column": "answer", **dataset}})
+    return load_config(
+        base={"problem_type": problem, "dataset": {"prompt_column": ["question"], "answer_column": "answer", **dataset}}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +45,19 @@ def rendered(tok, c, path):
     return out
 
 
-@pytest.mark.parametrize("name,fmt", [
-    ("plain.jsonl", "columns"), ("plain.csv", "columns"), ("plain.tsv", "columns"), ("plain.json", "columns"),
-    ("plain.jsonl.gz", "columns"), ("alpaca.json", "alpaca"), ("messages.jsonl", "messages"),
-    ("sharegpt.json", "sharegpt"),
-])
+@pytest.mark.parametrize(
+    "name,fmt",
+    [
+        ("plain.jsonl", "columns"),
+        ("plain.csv", "columns"),
+        ("plain.tsv", "columns"),
+        ("plain.json", "columns"),
+        ("plain.jsonl.gz", "columns"),
+        ("alpaca.json", "alpaca"),
+        ("messages.jsonl", "messages"),
+        ("sharegpt.json", "sharegpt"),
+    ],
+)
 def test_single_turn_formats_render_like_plain_columns(tok, name, fmt):
     reference = rendered(tok, cfg(), FORMATS / "plain.jsonl")
     exs, detected = examples(FORMATS / name)
@@ -61,8 +69,9 @@ def test_single_turn_formats_render_like_plain_columns(tok, name, fmt):
 
 
 def test_explicit_format_overrides_detection():
-    exs, fmt = examples(FORMATS / "alpaca.json", cfg(format="columns", prompt_column=["instruction"],
-                                                     answer_column="output"))
+    exs, fmt = examples(
+        FORMATS / "alpaca.json", cfg(format="columns", prompt_column=["instruction"], answer_column="output")
+    )
     assert fmt == "columns" and exs[0]["messages"][-1]["content"] == "Paris is the capital of France."
 
 
@@ -138,8 +147,9 @@ def test_classification_single_and_multi_label():
     assert fmt == "classification" and exs[0] == {"text": "title 0\nterrible movie", "label": "neg"}
     multi, _ = examples(FORMATS / "multilabel.jsonl", cfg(problem_type="classification", prompt_column=["text"]))
     assert [e["label"] for e in multi[:3]] == [["a"], ["b"], ["a", "b"]]
-    delimited, _ = examples(FORMATS / "multilabel.csv", cfg(problem_type="classification", prompt_column=["text"],
-                                                            label_delimiter=";"))
+    delimited, _ = examples(
+        FORMATS / "multilabel.csv", cfg(problem_type="classification", prompt_column=["text"], label_delimiter=";")
+    )
     assert [e["label"] for e in delimited] == [e["label"] for e in multi]
 
 
@@ -150,8 +160,11 @@ def test_preference_formats_agree(name):
     reader = ExampleReader(c, FORMATS / name)
     exs = [ex for _, ex in reader]
     assert reader.format == "preference"
-    assert exs[0] == {"prompt": [{"role": "user", "content": "What is the capital of France?"}],
-                      "chosen": "Paris is the capital of France.", "rejected": "I don't know."}
+    assert exs[0] == {
+        "prompt": [{"role": "user", "content": "What is the capital of France?"}],
+        "chosen": "Paris is the capital of France.",
+        "rejected": "I don't know.",
+    }
 
 
 def test_hh_shared_prefix_split_on_synthetic_dialogue():
@@ -159,10 +172,12 @@ def test_hh_shared_prefix_split_on_synthetic_dialogue():
     rejected = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: no"
     prefix, good, bad = split_shared_prefix(chosen, rejected)
     assert prefix.endswith("\n\nHuman: joke?\n\nAssistant:") and good == "a good one" and bad == "no"
-    assert parse_hh_dialogue(prefix + " ") == [{"role": "user", "content": "hi"},
-                                               {"role": "assistant", "content": "hello"},
-                                               {"role": "user", "content": "joke?"},
-                                               {"role": "assistant", "content": ""}]
+    assert parse_hh_dialogue(prefix + " ") == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "joke?"},
+        {"role": "assistant", "content": ""},
+    ]
 
 
 def test_hh_rlhf_real_rows_split_at_the_last_assistant_turn():
@@ -187,13 +202,16 @@ def test_hh_rlhf_real_rows_split_at_the_last_assistant_turn():
     assert checked == 200
 
 
-@pytest.mark.parametrize("record,why", [
-    ({"messages": "hi"}, "non-empty list"),
-    ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
-    ({"messages": [{"role": "wizard", "content": "hi"}]}, "unknown role"),
-    ({"conversations": [{"from": "human"}]}, "needs 'from' and 'value'"),
-    ({"instruction": "x", "output": "y", "history": "nope"}, "history"),
-])
+@pytest.mark.parametrize(
+    "record,why",
+    [
+        ({"messages": "hi"}, "non-empty list"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "unknown role"),
+        ({"conversations": [{"from": "human"}]}, "needs 'from' and 'value'"),
+        ({"instruction": "x", "output": "y", "history": "nope"}, "history"),
+    ],
+)
 def test_malformed_conversations_name_row_and_field(record, why):
     c = cfg()
     fmt = detect_format(Record(record, "f.jsonl", line=4), c)

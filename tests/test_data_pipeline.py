@@ -92,12 +92,14 @@ def test_batching_modes_and_padding(tiny_llama, qa_jsonl, tmp_path):
 def test_packed_training_runs_end_to_end(tiny_llama, qa_jsonl, tmp_path, isolated_cache):
     from tunelab.training.loop import train
 
-    cfg = load_config(base=causal_config(tiny_llama, qa_jsonl, tmp_path, training={"packing": True,
-                                                                                    "batch_size": 2}))
+    cfg = load_config(base=causal_config(tiny_llama, qa_jsonl, tmp_path, training={"packing": True, "batch_size": 2}))
     result = train(cfg)
     assert result.metrics["after"]["loss"] < result.metrics["before"]["loss"]
     check = json.loads((result.run_dir / "data_check.json").read_text())
-    assert check["padding_share"]["packing"] <= check["padding_share"]["shuffle"] and check["padding_share"]["packing"] < 0.05
+    assert (
+        check["padding_share"]["packing"] <= check["padding_share"]["shuffle"]
+        and check["padding_share"]["packing"] < 0.05
+    )
 
 
 def test_second_build_reads_the_cache(tiny_llama, qa_jsonl, tmp_path, isolated_cache):
@@ -136,8 +138,9 @@ def report_for(tiny_llama, tmp_path, rows, **sections):
 
 def test_check_catches_all_labels_masked(tiny_llama, tmp_path, isolated_cache):
     rows = [{"question": f"q{i}", "answer": ""} for i in range(10)]
-    cfg, report = report_for(tiny_llama, tmp_path, rows, dataset={"use_chat_template": False,
-                                                                  "add_eos_token_to_answer": False})
+    cfg, report = report_for(
+        tiny_llama, tmp_path, rows, dataset={"use_chat_template": False, "add_eos_token_to_answer": False}
+    )
     with pytest.raises(DataError, match="nothing would be trained"):
         enforce(report, cfg)
 
@@ -154,8 +157,12 @@ def test_check_catches_truncated_answers(tiny_llama, tmp_path, isolated_cache):
 
 def test_check_catches_a_template_without_eos(tiny_llama, tmp_path, isolated_cache):
     rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(10)]
-    cfg, report = report_for(tiny_llama, tmp_path, rows, dataset={"add_eos_token_to_answer": False,
-                                                                  "chat_template": str(ASSETS / "no_eos.jinja")})
+    cfg, report = report_for(
+        tiny_llama,
+        tmp_path,
+        rows,
+        dataset={"add_eos_token_to_answer": False, "chat_template": str(ASSETS / "no_eos.jinja")},
+    )
     assert report.rows_without_eos == report.rows
     with pytest.raises(DataError, match="never learn to stop"):
         enforce(report, cfg)
@@ -169,3 +176,56 @@ def test_report_counts(tiny_llama, tmp_path, isolated_cache):
     assert report.duplicate_rows >= 1 and report.empty_rows <= 1
     assert report.prompt_tokens["p50"] > 0 and 0 < report.trained_token_share < 1
     assert set(report.padding_share) == {"shuffle", "group_by_length", "packing"}
+
+
+def test_chat_template_is_saved_with_the_run_and_used_after(tiny_llama, qa_jsonl, tmp_path, isolated_cache):
+    from tunelab.infer.model import load_run
+    from tunelab.training.loop import train
+
+    template = tmp_path / "mine.jinja"
+    template.write_text((ASSETS / "no_eos.jinja").read_text())
+    cfg = load_config(
+        base=causal_config(
+            tiny_llama,
+            qa_jsonl,
+            tmp_path,
+            training={"max_steps": 1},
+            dataset={"chat_template": str(template)},
+            prediction={"max_length_inference": 2},
+        )
+    )
+    result = train(cfg)
+    template.unlink()  # later commands must not need the original file
+    loaded = load_run(result.run_dir)
+    assert loaded.tokenizer.chat_template == (ASSETS / "no_eos.jinja").read_text()
+    prompt = loaded.problem.renderer.prompt_text([{"role": "user", "content": "hi"}])
+    assert prompt == "[user] hi\n[assistant] "
+
+
+def test_test_dataframe_is_evaluated_after_training(tiny_llama, qa_jsonl, tmp_path, isolated_cache):
+    from tunelab.training.loop import train
+
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text("".join(qa_jsonl.read_text().splitlines(keepends=True)[:6]))
+    cfg = load_config(
+        base=causal_config(
+            tiny_llama,
+            qa_jsonl,
+            tmp_path,
+            training={"max_steps": 2},
+            dataset={"test_dataframe": str(test_file)},
+            prediction={"max_length_inference": 2},
+        )
+    )
+    result = train(cfg)
+    assert {"loss", "perplexity", "bleu"} <= set(result.metrics["test"])
+    assert (result.run_dir / "test_predictions.csv").is_file()
+
+
+def test_hub_dataset_names_fail_in_one_line_offline(monkeypatch):
+    from tunelab.data.readers import iter_records
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="need the network") as err:
+        list(iter_records("tatsu-lab/alpaca@train"))
+    assert "tatsu-lab/alpaca@train" in str(err.value)

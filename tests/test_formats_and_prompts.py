@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tunelab.config import load_config
-from tunelab.data.formats import columns_example, classification_example
+from tunelab.data.formats import classification_example, columns_example
 from tunelab.data.prompts import IGNORE_INDEX, PromptRenderer
 from tunelab.data.readers import Record
 from tunelab.errors import DataError

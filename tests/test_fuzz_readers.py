@@ -24,8 +24,9 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=10,
 )
-rows = st.dictionaries(st.sampled_from(["question", "answer", "text", "label", "messages", "x"]), json_values,
-                       max_size=4)
+rows = st.dictionaries(
+    st.sampled_from(["question", "answer", "text", "label", "messages", "x"]), json_values, max_size=4
+)
 
 
 @st.composite
@@ -41,8 +42,10 @@ def contents(draw) -> bytes:
         return json.dumps(draw(st.lists(rows, max_size=6) | json_values)).encode()
     if kind == "csv":
         delim = draw(st.sampled_from([",", "\t", ";", "|"]))
-        lines = [delim.join(draw(st.lists(st.text(alphabet="ab\"' ,\t;\n\r0", max_size=6), min_size=1,
-                                          max_size=4))) for _ in range(draw(st.integers(0, 5)))]
+        lines = [
+            delim.join(draw(st.lists(st.text(alphabet="ab\"' ,\t;\n\r0", max_size=6), min_size=1, max_size=4)))
+            for _ in range(draw(st.integers(0, 5)))
+        ]
         return "\n".join(["question" + delim + "answer", *lines]).encode()
     if kind == "truncated":
         full = "\n".join(json.dumps(r) for r in draw(st.lists(rows, min_size=1, max_size=4))).encode()

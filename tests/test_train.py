@@ -234,3 +234,21 @@ def test_saved_run_reproduces_the_trained_model(tiny_llama, qa_jsonl, tmp_path):
     split, _ = validation_data(loaded.cfg, loaded.problem)
     loss, _ = loaded.problem.validation_loss(loaded.model, split)
     assert loss == pytest.approx(result.metrics["after"]["loss"], rel=1e-5)
+
+
+def test_multi_label_classification_trains(tiny_bert, tmp_path):
+    data = tmp_path / "multi.jsonl"
+    labels = [["a"], ["b"], ["a", "b"]]
+    lines = []
+    for i in range(60):
+        words = " ".join(labels[i % 3])
+        lines.append(json.dumps({"text": f"{words} movie {i} {words}", "label": labels[i % 3]}) + "\n")
+    data.write_text("".join(lines))
+    cfg = load_config(base=classification_config(tiny_bert, data, tmp_path, training={"learning_rate": 1e-2}))
+    result = train(cfg)
+    assert json.loads((result.run_dir / "labels.json").read_text()) == {"classes": ["a", "b"], "multi_label": True}
+    assert {"accuracy", "f1", "f1_micro", "auc"} <= set(result.metrics["after"])
+    assert result.metrics["after"]["loss"] < result.metrics["before"]["loss"]
+    loaded = load_run(result.run_dir)
+    preds = loaded.problem.predict(loaded.model, [{"text": "a b movie 1 a b"}])
+    assert set(preds[0]) == {"prediction", "prob_a", "prob_b"}

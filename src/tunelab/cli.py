@@ -193,8 +193,10 @@ def config_validate(
     extra = ""
     if cfg.dataset.validation_strategy == "custom":
         extra = f", {check_file(cfg.dataset.validation_dataframe, cfg)[0]} validation rows"
-    console.print(f"{config}: valid ({cfg.problem_type}, {cfg.llm_backbone}, adapter {cfg.training.adapter}; "
-                  f"{rows} training rows in format '{fmt}'{extra})")
+    console.print(
+        f"{config}: valid ({cfg.problem_type}, {cfg.llm_backbone}, adapter {cfg.training.adapter}; "
+        f"{rows} training rows in format '{fmt}'{extra})"
+    )
 
 
 @config_app.command("docs")
@@ -241,8 +243,11 @@ def data_inspect(
     from tunelab.problems import build_problem
 
     extra = [f"dataset.text_mode={text_mode}"] if text_mode else []
-    cfg = load_config(config, [*(overrides or []), *extra]) if config else load_config(overrides=[*(overrides or []),
-                                                                                                   *extra])
+    cfg = (
+        load_config(config, [*(overrides or []), *extra])
+        if config
+        else load_config(overrides=[*(overrides or []), *extra])
+    )
     tokenizer = load_tokenizer(resolve_backbone(cfg.llm_backbone))
     problem = build_problem(cfg, tokenizer)
     from tunelab.data.formats import ExampleReader

@@ -54,9 +54,7 @@ class DatasetConfig(Section):
     test_dataframe: str | list[str] = Field(
         "", description="Optional test data, evaluated once after training and reported as 'test' metrics."
     )
-    format: Literal[
-        "auto", "columns", "alpaca", "messages", "sharegpt", "h2o_multiturn", "text", "preference"
-    ] = Field(
+    format: Literal["auto", "columns", "alpaca", "messages", "sharegpt", "h2o_multiturn", "text", "preference"] = Field(
         "auto",
         description="How rows are read: 'columns' (prompt/answer columns), 'alpaca' (instruction, input, output, "
         "system, history), 'messages' (OpenAI role/content lists), 'sharegpt' (conversations with from/value), "

@@ -115,15 +115,19 @@ def pack_causal(split: EncodedSplit, bins: Sequence[Sequence[int]], pad_id: int)
         for i in members:
             seq, lab = split.ids(i), split.token_labels(i)
             n = len(seq)
-            ids[row, at: at + n] = seq
-            labels[row, at: at + n] = lab
+            ids[row, at : at + n] = seq
+            labels[row, at : at + n] = lab
             labels[row, at] = IGNORE_INDEX  # never predicted from the previous example's last token
-            positions[row, at: at + n] = np.arange(n)
-            mask[row, at: at + n] = 1
+            positions[row, at : at + n] = np.arange(n)
+            mask[row, at : at + n] = 1
             at += n
         positions[row, at:] = np.arange(width - at)  # padding: a separate segment
-    batch = {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
-             "position_ids": torch.from_numpy(positions), "attention_mask": torch.from_numpy(mask)}
+    batch = {
+        "input_ids": torch.from_numpy(ids),
+        "labels": torch.from_numpy(labels),
+        "position_ids": torch.from_numpy(positions),
+        "attention_mask": torch.from_numpy(mask),
+    }
     batch["num_trained"] = torch.tensor(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()))
     return batch
 
@@ -164,8 +168,15 @@ class TrainBatches:
         capacity: tokens per packed row (packing only).
     """
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, generator: torch.Generator, drop_last: bool,
-                 mode: str = "shuffle", capacity: int = 0):
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        batch_size: int,
+        generator: torch.Generator,
+        drop_last: bool,
+        mode: str = "shuffle",
+        capacity: int = 0,
+    ):
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.generator = generator
@@ -182,7 +193,7 @@ class TrainBatches:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _chunks(self, order: list[Any]) -> list[list[Any]]:
-        chunks = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.drop_last and chunks and len(chunks[-1]) < self.batch_size:
             chunks = chunks[:-1]
         return chunks
@@ -197,7 +208,7 @@ class TrainBatches:
             window = 50 * self.batch_size
             order = []
             for start in range(0, len(perm), window):
-                part = perm[start: start + window]
+                part = perm[start : start + window]
                 order += sorted(part, key=lambda i: -self.lengths[i])
             chunks = self._chunks(order)
             shuffle = torch.randperm(len(chunks), generator=self.generator).tolist()
@@ -210,8 +221,7 @@ def padding_share(lengths: np.ndarray, batches: Sequence[Sequence[Any]]) -> floa
     """Share of a padded epoch's tokens that are padding, for the given batches (rows or bins of rows)."""
     real = padded = 0
     for batch in batches:
-        sizes = [sum(lengths[i] for i in item) if isinstance(item, (list, tuple)) else lengths[item]
-                 for item in batch]
+        sizes = [sum(lengths[i] for i in item) if isinstance(item, (list, tuple)) else lengths[item] for item in batch]
         real += sum(sizes)
         padded += max(sizes) * len(sizes)
     return 1.0 - real / max(padded, 1)

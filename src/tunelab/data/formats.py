@@ -23,8 +23,15 @@ from tunelab.data.readers import Record, iter_records
 from tunelab.errors import DataError
 
 CONVERSATION_FORMATS = ("columns", "alpaca", "messages", "sharegpt", "h2o_multiturn")
-ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant",
-         "bot": "assistant", "model": "assistant"}
+ROLES = {
+    "system": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "human": "user",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+}
 
 
 # ---------------------------------------------------------------------------------------------------------- cells
@@ -37,8 +44,11 @@ def cell_text(record: Record, column: str, *, required: bool = True) -> str:
     data = record.data
     if column not in data:
         columns = ", ".join(list(data)[:12])
-        raise record.error(f"column '{column}' not found (columns are: {columns})", field=column,
-                           hint="set the right column name in the dataset section of the config")
+        raise record.error(
+            f"column '{column}' not found (columns are: {columns})",
+            field=column,
+            hint="set the right column name in the dataset section of the config",
+        )
     value = data[column]
     if value is None:
         if required:
@@ -46,8 +56,11 @@ def cell_text(record: Record, column: str, *, required: bool = True) -> str:
         return ""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         kind = type(value).__name__
-        raise record.error(f"expected text, got a {kind}", field=column,
-                           hint="this column must hold plain text; nested data needs a format such as 'messages'")
+        raise record.error(
+            f"expected text, got a {kind}",
+            field=column,
+            hint="this column must hold plain text; nested data needs a format such as 'messages'",
+        )
     return str(value)
 
 
@@ -73,8 +86,13 @@ def columns_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
     ds = cfg.dataset
     prompt = "\n".join(cell_text(record, column) for column in ds.prompt_column)
     answer = cell_text(record, ds.answer_column)
-    return {"messages": [*_system(record, cfg), {"role": "user", "content": prompt},
-                         {"role": "assistant", "content": answer}]}
+    return {
+        "messages": [
+            *_system(record, cfg),
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": answer},
+        ]
+    }
 
 
 def alpaca_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
@@ -93,8 +111,7 @@ def alpaca_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
             raise record.error("history must be a list of [question, answer] pairs", field="history")
         messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
     prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    messages += [{"role": "user", "content": prompt},
-                 {"role": "assistant", "content": cell_text(record, "output")}]
+    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": cell_text(record, "output")}]
     return {"messages": messages}
 
 
@@ -113,8 +130,11 @@ def _message_list(record: Record, field: str, items: Any, role_key: str, content
             raise record.error(f"message {i} needs '{role_key}' and '{content_key}'", field=field)
         role = ROLES.get(str(item[role_key]).lower())
         if role is None:
-            raise record.error(f"message {i} has unknown role '{item[role_key]}'", field=field,
-                               hint="roles are system, user and assistant")
+            raise record.error(
+                f"message {i} has unknown role '{item[role_key]}'",
+                field=field,
+                hint="roles are system, user and assistant",
+            )
         content = item[content_key]
         if not isinstance(content, str):
             raise record.error(f"message {i} content must be text", field=field)
@@ -194,7 +214,7 @@ def split_shared_prefix(chosen: str, rejected: str) -> tuple[str, str, str] | No
     while cut != -1:
         prefix = chosen[: cut + len(marker)]
         if rejected.startswith(prefix):
-            return prefix, chosen[len(prefix):].strip(), rejected[len(prefix):].strip()
+            return prefix, chosen[len(prefix) :].strip(), rejected[len(prefix) :].strip()
         cut = chosen.rfind(marker, 0, cut)
     return None
 
@@ -217,17 +237,24 @@ def preference_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
                 shared += 1
             prompt = c[:shared]
             c, r = c[shared:], r[shared:]
-        return _pair(record, cfg, prompt, _last_assistant(record, ds.chosen_column, c),
-                     _last_assistant(record, ds.rejected_column, r))
+        return _pair(
+            record,
+            cfg,
+            prompt,
+            _last_assistant(record, ds.chosen_column, c),
+            _last_assistant(record, ds.rejected_column, r),
+        )
     chosen_text = cell_text(record, ds.chosen_column)
     rejected_text = cell_text(record, ds.rejected_column)
     if ds.prompt_column[0] in record.data and record.data[ds.prompt_column[0]] is not None:
         return _pair(record, cfg, _prompt_messages(record, cfg), chosen_text, rejected_text)
     split = split_shared_prefix(chosen_text, rejected_text)
     if split is None:
-        raise record.error("chosen and rejected share no prompt and there is no prompt column",
-                           field=ds.prompt_column[0],
-                           hint="give a prompt column, or whole dialogues that differ only in the last answer")
+        raise record.error(
+            "chosen and rejected share no prompt and there is no prompt column",
+            field=ds.prompt_column[0],
+            hint="give a prompt column, or whole dialogues that differ only in the last answer",
+        )
     prefix, chosen_answer, rejected_answer = split
     prompt = parse_hh_dialogue(prefix + " ")
     if prompt and prompt[-1]["role"] == "assistant" and not prompt[-1]["content"]:
@@ -248,8 +275,7 @@ def _last_assistant(record: Record, field: str, messages: list[dict[str, str]]) 
     return messages[-1]["content"]
 
 
-def _pair(record: Record, cfg: RunConfig, prompt: list[dict[str, str]], chosen: str,
-          rejected: str) -> dict[str, Any]:
+def _pair(record: Record, cfg: RunConfig, prompt: list[dict[str, str]], chosen: str, rejected: str) -> dict[str, Any]:
     if not prompt:
         raise record.error("the preference pair has no prompt", field=cfg.dataset.prompt_column[0])
     return {"prompt": with_default_system(prompt, cfg), "chosen": chosen, "rejected": rejected}
@@ -281,8 +307,12 @@ def detect_format(record: Record, cfg: RunConfig) -> str:
 
 
 BUILDERS: dict[str, Callable[[Record, RunConfig], dict[str, Any]]] = {
-    "columns": columns_example, "alpaca": alpaca_example, "messages": messages_example,
-    "sharegpt": sharegpt_example, "text": text_example, "classification": classification_example,
+    "columns": columns_example,
+    "alpaca": alpaca_example,
+    "messages": messages_example,
+    "sharegpt": sharegpt_example,
+    "text": text_example,
+    "classification": classification_example,
     "preference": preference_example,
 }
 
@@ -324,8 +354,11 @@ class ExampleReader:
                 turn = columns_example(rec, self.cfg)["messages"]
                 parent = rec.data.get(ds.parent_id_column)
                 key = cell_text(rec, ds.id_column)
-                self._chains[key] = (None if parent in (None, "") else str(parent), turn[-2]["content"],
-                                     turn[-1]["content"])
+                self._chains[key] = (
+                    None if parent in (None, "") else str(parent),
+                    turn[-2]["content"],
+                    turn[-1]["content"],
+                )
         messages: list[dict[str, str]] = []
         key: str | None = cell_text(record, ds.id_column)
         seen = set()

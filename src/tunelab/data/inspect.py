@@ -52,8 +52,7 @@ def _percentiles(values: np.ndarray) -> dict[str, float]:
     return {f"p{q}": float(np.percentile(values, q)) for q in (50, 90, 99)} | {"max": float(values.max())}
 
 
-def compute_report(split: EncodedSplit, cfg: RunConfig, source: str, fmt: str,
-                   deduplicated: int = 0) -> DataReport:
+def compute_report(split: EncodedSplit, cfg: RunConfig, source: str, fmt: str, deduplicated: int = 0) -> DataReport:
     """The statistics of a tokenised split (the training split, or a whole file for ``data inspect``)."""
     meta = split.meta
     lengths = split.lengths()
@@ -67,16 +66,23 @@ def compute_report(split: EncodedSplit, cfg: RunConfig, source: str, fmt: str,
         seen.add(digest)
     is_classification = split.targets is not None
     report = DataReport(
-        source=source, rows=n, format=fmt, tokens=int(lengths.sum()),
+        source=source,
+        rows=n,
+        format=fmt,
+        tokens=int(lengths.sum()),
         prompt_tokens=_percentiles(meta.get("prompt_length", lengths)),
         answer_tokens={} if is_classification else _percentiles(meta.get("answer_length", np.zeros(n))),
         truncated_share=float(np.mean(meta["truncated"])) if "truncated" in meta and n else 0.0,
         zero_trained_rows=0 if is_classification else int((trained == 0).sum()),
         trained_token_share=float(np.mean(trained / np.maximum(lengths, 1))) if n else 0.0,
-        rows_without_eos=0 if is_classification else int((~meta["ends_eos"].astype(bool)).sum())
-        if "ends_eos" in meta else 0,
+        rows_without_eos=0
+        if is_classification
+        else int((~meta["ends_eos"].astype(bool)).sum())
+        if "ends_eos" in meta
+        else 0,
         empty_rows=int(meta["empty"].astype(bool).sum()) if "empty" in meta else 0,
-        duplicate_rows=duplicates, deduplicated=deduplicated,
+        duplicate_rows=duplicates,
+        deduplicated=deduplicated,
     )
     if is_classification and "label" in meta:
         counts = Counter()
@@ -93,8 +99,14 @@ def epoch_padding(lengths: np.ndarray, cfg: RunConfig) -> dict[str, float]:
     batch = cfg.training.batch_size
     out = {}
     for mode in ("shuffle", "group_by_length", "packing"):
-        plan = TrainBatches(lengths, batch, torch.Generator().manual_seed(0), drop_last=False, mode=mode,
-                            capacity=cfg.tokenizer.max_length)
+        plan = TrainBatches(
+            lengths,
+            batch,
+            torch.Generator().manual_seed(0),
+            drop_last=False,
+            mode=mode,
+            capacity=cfg.tokenizer.max_length,
+        )
         out[mode] = padding_share(lengths, list(plan))
     return out
 
@@ -116,39 +128,54 @@ def enforce(report: DataReport, cfg: RunConfig) -> None:
     if report.label_counts:
         return
     if report.rows and report.zero_trained_rows == report.rows:
-        raise DataError("nothing would be trained: every label is masked in every row", **where,
-                        hint="check dataset.answer_column and the token limits (an answer cut to nothing "
-                        "trains nothing), or set mask_prompt_labels: false")
+        raise DataError(
+            "nothing would be trained: every label is masked in every row",
+            **where,
+            hint="check dataset.answer_column and the token limits (an answer cut to nothing "
+            "trains nothing), or set mask_prompt_labels: false",
+        )
     limit = cfg.dataset.max_truncated_share
     if report.truncated_share > limit:
-        raise DataError(f"{report.truncated_share:.0%} of the answers are cut by the token limits (more than "
-                        f"dataset.max_truncated_share = {limit:.0%})", **where, field="tokenizer.max_length_answer",
-                        hint=f"raise tokenizer.max_length_answer / max_length (answers reach "
-                             f"{report.answer_tokens.get('max', 0):.0f} tokens) or raise max_truncated_share")
+        raise DataError(
+            f"{report.truncated_share:.0%} of the answers are cut by the token limits (more than "
+            f"dataset.max_truncated_share = {limit:.0%})",
+            **where,
+            field="tokenizer.max_length_answer",
+            hint=f"raise tokenizer.max_length_answer / max_length (answers reach "
+            f"{report.answer_tokens.get('max', 0):.0f} tokens) or raise max_truncated_share",
+        )
     untruncated_rows = report.rows * (1 - report.truncated_share)
     if report.rows and report.rows_without_eos >= report.rows and untruncated_rows > 0:
-        raise DataError("no answer ends with the EOS token, so the model would never learn to stop", **where,
-                        field="dataset.add_eos_token_to_answer",
-                        hint="set dataset.add_eos_token_to_answer: true, or use a chat template that ends turns "
-                             "with EOS")
+        raise DataError(
+            "no answer ends with the EOS token, so the model would never learn to stop",
+            **where,
+            field="dataset.add_eos_token_to_answer",
+            hint="set dataset.add_eos_token_to_answer: true, or use a chat template that ends turns with EOS",
+        )
 
 
 def print_report(report: DataReport, console: Any, cfg: RunConfig | None = None) -> None:
     """The report as a few readable lines."""
+
     def pct(d: dict[str, float]) -> str:
         return ", ".join(f"{k} {v:.0f}" for k, v in d.items()) if d else "-"
 
-    console.print(f"[bold]data check[/] {report.source}: {report.rows} rows, format '{report.format}', "
-                  f"{report.tokens:,} tokens")
+    console.print(
+        f"[bold]data check[/] {report.source}: {report.rows} rows, format '{report.format}', {report.tokens:,} tokens"
+    )
     console.print(f"  prompt tokens: {pct(report.prompt_tokens)}")
     if report.answer_tokens:
         console.print(f"  answer tokens: {pct(report.answer_tokens)}")
-    console.print(f"  answers truncated: {report.truncated_share:.1%}; rows with nothing trained: "
-                  f"{report.zero_trained_rows}; trained share of tokens: {report.trained_token_share:.1%}")
+    console.print(
+        f"  answers truncated: {report.truncated_share:.1%}; rows with nothing trained: "
+        f"{report.zero_trained_rows}; trained share of tokens: {report.trained_token_share:.1%}"
+    )
     if not report.label_counts:
         console.print(f"  rows whose answer does not end in EOS: {report.rows_without_eos}")
-    console.print(f"  empty rows: {report.empty_rows}; duplicated rows: {report.duplicate_rows}; rows also in the "
-                  f"validation data (dropped from training): {report.deduplicated}")
+    console.print(
+        f"  empty rows: {report.empty_rows}; duplicated rows: {report.duplicate_rows}; rows also in the "
+        f"validation data (dropped from training): {report.deduplicated}"
+    )
     if report.label_counts:
         total = sum(report.label_counts.values())
         console.print("  labels: " + ", ".join(f"{k} {v} ({v / total:.0%})" for k, v in report.label_counts.items()))

@@ -82,8 +82,9 @@ def plan_split(cfg: RunConfig, problem: Any, fit: bool = True) -> SplitPlan:
         train_idx, val_idx = np.arange(n_rows), np.array([], dtype=np.int64)
     else:
         strata = [json.dumps(label) for label in labels] if labels else None
-        train_idx, val_idx = split_indices(n_rows, ds.validation_size, ds.split_seed, strata,
-                                           source_name(ds.train_dataframe))
+        train_idx, val_idx = split_indices(
+            n_rows, ds.validation_size, ds.split_seed, strata, source_name(ds.train_dataframe)
+        )
     train = None
     if ds.data_sample != 1.0:
         keep = int(ds.data_sample) if ds.data_sample > 1 else max(int(round(len(train_idx) * ds.data_sample)), 1)
@@ -97,9 +98,14 @@ def example_key(example: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(example, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def encode_source(source: Any, problem: Any, keep: set[int] | None = None, skip: set[int] | None = None,
-                  examples: list[dict[str, Any]] | None = None,
-                  exclude: set[str] | None = None) -> tuple[EncodedSplit, int]:
+def encode_source(
+    source: Any,
+    problem: Any,
+    keep: set[int] | None = None,
+    skip: set[int] | None = None,
+    examples: list[dict[str, Any]] | None = None,
+    exclude: set[str] | None = None,
+) -> tuple[EncodedSplit, int]:
     """Tokenise the rows of ``source`` (only ``keep`` / all but ``skip``, by 0-based index).
 
     Args:
@@ -139,8 +145,11 @@ def build_splits(cfg: RunConfig, problem: Any, use_cache: bool = True) -> DataSp
     """
     ds = cfg.dataset
     if not ds.train_dataframe:
-        raise DataError("no training data set", field="dataset.train_dataframe",
-                        hint="set dataset.train_dataframe to a CSV/JSONL/Parquet file")
+        raise DataError(
+            "no training data set",
+            field="dataset.train_dataframe",
+            hint="set dataset.train_dataframe to a CSV/JSONL/Parquet file",
+        )
     key = cache_key(cfg, problem.tokenizer) if use_cache else None
     if key is not None:
         cached = load_cached(key, problem)
@@ -154,20 +163,29 @@ def build_splits(cfg: RunConfig, problem: Any, use_cache: bool = True) -> DataSp
     else:
         validation, _ = encode_source(ds.train_dataframe, problem, keep=plan.validation, examples=val_examples)
     held_out = {example_key(ex) for ex in val_examples}
-    train, removed = encode_source(ds.train_dataframe, problem, keep=plan.train, skip=plan.validation,
-                                   exclude=held_out)
+    train, removed = encode_source(ds.train_dataframe, problem, keep=plan.train, skip=plan.validation, exclude=held_out)
     if len(train) == 0:
-        raise DataError("no training rows are left after the validation split", file=source_name(ds.train_dataframe),
-                        hint="lower dataset.validation_size, or check for rows repeated in the validation data")
+        raise DataError(
+            "no training rows are left after the validation split",
+            file=source_name(ds.train_dataframe),
+            hint="lower dataset.validation_size, or check for rows repeated in the validation data",
+        )
     if len(validation) == 0:
-        raise DataError("the validation data has no rows", file=source_name(ds.validation_dataframe or
-                                                                          ds.train_dataframe))
+        raise DataError(
+            "the validation data has no rows", file=source_name(ds.validation_dataframe or ds.train_dataframe)
+        )
     test, test_examples = None, []
     if ds.test_dataframe:
         test, _ = encode_source(ds.test_dataframe, problem, examples=test_examples)
-    info: dict[str, Any] = {"format": plan.format, "train_rows": len(train), "validation_rows": len(validation),
-                            "train_tokens": int(train.lengths().sum()), "deduplicated": removed,
-                            "tokenize_seconds": round(time.perf_counter() - started, 3), "cached": False}
+    info: dict[str, Any] = {
+        "format": plan.format,
+        "train_rows": len(train),
+        "validation_rows": len(validation),
+        "train_tokens": int(train.lengths().sum()),
+        "deduplicated": removed,
+        "tokenize_seconds": round(time.perf_counter() - started, 3),
+        "cached": False,
+    }
     if test is not None:
         info["test_rows"] = len(test)
     if getattr(problem, "classes", None):
@@ -207,8 +225,12 @@ def _sources_digest(source: Any) -> str | None:
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """What about a tokenizer changes the ids it produces."""
-    parts = [type(tokenizer).__name__, str(len(tokenizer)), str(tokenizer.chat_template),
-             str(tokenizer.all_special_tokens)]
+    parts = [
+        type(tokenizer).__name__,
+        str(len(tokenizer)),
+        str(tokenizer.chat_template),
+        str(tokenizer.all_special_tokens),
+    ]
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         parts.append(backend.to_str())
@@ -223,9 +245,15 @@ def cache_key(cfg: RunConfig, tokenizer: Any) -> str | None:
     digests = [_sources_digest(s) for s in (ds.train_dataframe, ds.validation_dataframe, ds.test_dataframe)]
     if any(d is None for d in digests):
         return None
-    material = {"v": CACHE_VERSION, "tunelab": __version__, "problem": cfg.problem_type, "data": digests,
-                "dataset": ds.model_dump(mode="json"), "tokenizer_cfg": cfg.tokenizer.model_dump(mode="json"),
-                "tokenizer": tokenizer_fingerprint(tokenizer)}
+    material = {
+        "v": CACHE_VERSION,
+        "tunelab": __version__,
+        "problem": cfg.problem_type,
+        "data": digests,
+        "dataset": ds.model_dump(mode="json"),
+        "tokenizer_cfg": cfg.tokenizer.model_dump(mode="json"),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -245,8 +273,9 @@ def save_cached(key: str, splits: DataSplits) -> None:
         splits.validation.save(work / "validation.npz")
         if splits.test is not None:
             splits.test.save(work / "test.npz")
-        (work / "examples.json").write_text(json.dumps({"validation": splits.validation_examples,
-                                                        "test": splits.test_examples}), encoding="utf-8")
+        (work / "examples.json").write_text(
+            json.dumps({"validation": splits.validation_examples, "test": splits.test_examples}), encoding="utf-8"
+        )
         (work / "info.json").write_text(json.dumps(splits.info), encoding="utf-8")
         try:
             os.rename(work, target)
@@ -268,8 +297,14 @@ def load_cached(key: str, problem: Any) -> DataSplits | None:
         # Refit from the saved classes: one multi-label row holding them all, or each class once.
         problem.fit([info["classes"]] if info.get("multi_label") else info["classes"], "cache")
     test = EncodedSplit.load(target / "test.npz") if (target / "test.npz").is_file() else None
-    splits = DataSplits(EncodedSplit.load(target / "train.npz"), EncodedSplit.load(target / "validation.npz"),
-                        examples["validation"], test, examples["test"], info)
+    splits = DataSplits(
+        EncodedSplit.load(target / "train.npz"),
+        EncodedSplit.load(target / "validation.npz"),
+        examples["validation"],
+        test,
+        examples["test"],
+        info,
+    )
     splits.info.update(cached=True, load_seconds=round(time.perf_counter() - started, 3))
     return splits
 

@@ -52,9 +52,14 @@ def resolve_chat_template(name: str) -> str:
         try:
             return path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"cannot read the chat template ({exc})", file=name, field="dataset.chat_template") from None
-    raise DataError(f"unknown chat template '{name}'", field="dataset.chat_template",
-                    hint=f"use a built-in name ({', '.join(BUILTIN_TEMPLATES)}) or the path of a .jinja file")
+            raise DataError(
+                f"cannot read the chat template ({exc})", file=name, field="dataset.chat_template"
+            ) from None
+    raise DataError(
+        f"unknown chat template '{name}'",
+        field="dataset.chat_template",
+        hint=f"use a built-in name ({', '.join(BUILTIN_TEMPLATES)}) or the path of a .jinja file",
+    )
 
 
 def apply_template_setting(cfg: RunConfig, tokenizer: Any) -> None:
@@ -89,8 +94,11 @@ class PromptRenderer:
         use = cfg.dataset.use_chat_template
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if use is True and not has_template:
-            raise DataError("dataset.use_chat_template is true but the tokenizer has no chat template",
-                            field="dataset.use_chat_template", hint="set dataset.chat_template, or 'auto'/false")
+            raise DataError(
+                "dataset.use_chat_template is true but the tokenizer has no chat template",
+                field="dataset.use_chat_template",
+                hint="set dataset.chat_template, or 'auto'/false",
+            )
         self.use_template = has_template if use == "auto" else bool(use)
         self.eos = tokenizer.eos_token or ""
         self.eos_id = tokenizer.eos_token_id
@@ -109,8 +117,15 @@ class PromptRenderer:
             if message["role"] == "system":
                 out.append((message["content"] + "\n", False))
             elif message["role"] == "user":
-                out.append((ds.text_prompt_start + message["content"]
-                            + (self.eos if ds.add_eos_token_to_prompt else "") + ds.text_answer_separator, False))
+                out.append(
+                    (
+                        ds.text_prompt_start
+                        + message["content"]
+                        + (self.eos if ds.add_eos_token_to_prompt else "")
+                        + ds.text_answer_separator,
+                        False,
+                    )
+                )
             else:
                 out.append((message["content"] + (self.eos if ds.add_eos_token_to_answer else ""), True))
         return out
@@ -130,15 +145,15 @@ class PromptRenderer:
                 # The template rewrites earlier turns once later ones follow: only the last answer can be
                 # rendered exactly as inference will see it.
                 return self._last_turn_segments(messages)
-            answer = self._turn_end(full[len(prompt):])
-            out += [(prompt[len(done):], False), (answer, True)]
+            answer = self._turn_end(full[len(prompt) :])
+            out += [(prompt[len(done) :], False), (answer, True)]
             done = prompt + answer
         return out
 
     def _last_turn_segments(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
         prompt = self.prompt_text(messages[:-1])
         full = self.tokenizer.apply_chat_template(messages, tokenize=False)
-        answer = full[len(prompt):] if full.startswith(prompt) else messages[-1]["content"]
+        answer = full[len(prompt) :] if full.startswith(prompt) else messages[-1]["content"]
         return [(prompt, False), (self._turn_end(answer), True)]
 
     def _turn_end(self, answer: str) -> str:
@@ -196,8 +211,14 @@ class PromptRenderer:
         # The prompt gives way first, then the answer.
         ids, labels = self._cut_left_pair(ids, labels, max(tok.max_length - len(answer), 1 if ids else 0))
         answer = answer[: max(tok.max_length - len(ids), 0)]
-        return Rendered(ids + answer, labels + answer, len(ids), len(answer), len(answer) < len(answer_full),
-                        bool(answer_full) and answer_full[-1] == self.eos_id)
+        return Rendered(
+            ids + answer,
+            labels + answer,
+            len(ids),
+            len(answer),
+            len(answer) < len(answer_full),
+            bool(answer_full) and answer_full[-1] == self.eos_id,
+        )
 
     def render_text(self, text: str) -> list[list[int]]:
         """Raw text for continued pre-training: EOS appended, every token trained, split into max_length chunks."""
@@ -205,4 +226,4 @@ class PromptRenderer:
         if self.cfg.dataset.add_eos_token_to_answer and self.eos_id is not None:
             ids = ids + [self.eos_id]
         size = self.cfg.tokenizer.max_length
-        return [ids[i: i + size] for i in range(0, len(ids), size) if len(ids[i: i + size]) > 1]
+        return [ids[i : i + size] for i in range(0, len(ids), size) if len(ids[i : i + size]) > 1]

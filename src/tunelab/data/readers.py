@@ -91,20 +91,30 @@ def _iter_one(name: str, text_mode: str) -> Iterator[Record]:
         if is_hub_name(name):
             yield from _iter_hub(name)
             return
-        raise DataError("data file not found", file=name, hint="check the path (relative paths start from the "
-                        "directory you run tunelab in)")
+        raise DataError(
+            "data file not found",
+            file=name,
+            hint="check the path (relative paths start from the directory you run tunelab in)",
+        )
     if path.is_dir():
         yield from _iter_saved_dataset(path, name)
         return
     suffix = _suffix(path)
     if suffix not in SUPPORTED:
-        raise DataError(f"unsupported file type '{suffix or path.name}'", file=name,
-                        hint=f"use one of {', '.join(SUPPORTED)}")
+        raise DataError(
+            f"unsupported file type '{suffix or path.name}'", file=name, hint=f"use one of {', '.join(SUPPORTED)}"
+        )
     if path.stat().st_size == 0:
         raise DataError("data file is empty", file=name)
     base = suffix.removesuffix(".gz")
-    readers = {".csv": _iter_csv, ".tsv": _iter_csv, ".json": _iter_json, ".jsonl": _iter_jsonl,
-               ".parquet": _iter_parquet, ".txt": _iter_text}
+    readers = {
+        ".csv": _iter_csv,
+        ".tsv": _iter_csv,
+        ".json": _iter_json,
+        ".jsonl": _iter_jsonl,
+        ".parquet": _iter_parquet,
+        ".txt": _iter_text,
+    }
     count = 0
     try:
         for record in readers[base](path, name, text_mode=text_mode):
@@ -138,8 +148,9 @@ def _open_text(path: Path) -> TextIO:
 
 
 def _decode_error(name: str, exc: UnicodeDecodeError, line: int | None) -> DataError:
-    return DataError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x})", file=name, line=line,
-                     hint="save the file as UTF-8")
+    return DataError(
+        f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x})", file=name, line=line, hint="save the file as UTF-8"
+    )
 
 
 def _iter_csv(path: Path, name: str, **_: Any) -> Iterator[Record]:
@@ -162,10 +173,14 @@ def _iter_csv(path: Path, name: str, **_: Any) -> Iterator[Record]:
                 if not values or values == [""]:
                     continue
                 if len(values) != len(header):
-                    raise DataError(f"has {len(values)} fields but the header has {len(header)}", file=name,
-                                    row=row_number, line=line,
-                                    hint="check the delimiter and quoting" + (" (TSV files are tab-separated)"
-                                                                              if delimiter == "\t" else ""))
+                    raise DataError(
+                        f"has {len(values)} fields but the header has {len(header)}",
+                        file=name,
+                        row=row_number,
+                        line=line,
+                        hint="check the delimiter and quoting"
+                        + (" (TSV files are tab-separated)" if delimiter == "\t" else ""),
+                    )
                 yield Record(dict(zip(header, values)), name, row=row_number)
         except UnicodeDecodeError as exc:
             raise _decode_error(name, exc, line + 1) from None
@@ -182,21 +197,26 @@ def _check_header(header: list[str], name: str, delimiter: str) -> None:
     if len(header) == 1:
         other = "," if delimiter == "\t" else "\t"
         if other in header[0] or ";" in header[0]:
-            raise DataError(f"the header has a single column '{header[0][:60]}'", file=name, line=1,
-                            hint="the file seems to use another delimiter: CSV files are comma-separated, "
-                                 ".tsv files tab-separated")
+            raise DataError(
+                f"the header has a single column '{header[0][:60]}'",
+                file=name,
+                line=1,
+                hint="the file seems to use another delimiter: CSV files are comma-separated, .tsv files tab-separated",
+            )
 
 
 def _as_record(obj: Any, name: str, line: int | None = None, row: int | None = None) -> Record:
     if not isinstance(obj, dict):
-        raise DataError(f"expected a JSON object with named fields, got {_json_type(obj)}", file=name, line=line,
-                        row=row)
+        raise DataError(
+            f"expected a JSON object with named fields, got {_json_type(obj)}", file=name, line=line, row=row
+        )
     return Record(obj, name, row=row, line=line)
 
 
 def _json_type(obj: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(obj), "a number")
+        type(obj), "a number"
+    )
 
 
 def _loads(text: str, name: str, line: int | None) -> Any:
@@ -206,8 +226,12 @@ def _loads(text: str, name: str, line: int | None) -> Any:
         hint = "each line of a .jsonl file must be one complete JSON object" if line else None
         if line is None and "Extra data" in exc.msg:
             hint = "this looks like JSON lines: rename the file to .jsonl"
-        raise DataError(f"not valid JSON ({exc.msg} at column {exc.colno})", file=name,
-                        line=line if line is not None else exc.lineno, hint=hint) from None
+        raise DataError(
+            f"not valid JSON ({exc.msg} at column {exc.colno})",
+            file=name,
+            line=line if line is not None else exc.lineno,
+            hint=hint,
+        ) from None
     except RecursionError:
         raise DataError("JSON is nested too deeply", file=name, line=line) from None
 
@@ -279,8 +303,11 @@ def _iter_text(path: Path, name: str, text_mode: str = "line", **_: Any) -> Iter
 def _iter_saved_dataset(path: Path, name: str) -> Iterator[Record]:
     """A folder written by ``datasets.save_to_disk`` (a Dataset, or a DatasetDict's 'train' split)."""
     if not ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
-        raise DataError("a folder must be one saved by datasets.save_to_disk", file=name,
-                        hint="point at a data file, or a glob such as 'data/*.jsonl'")
+        raise DataError(
+            "a folder must be one saved by datasets.save_to_disk",
+            file=name,
+            hint="point at a data file, or a glob such as 'data/*.jsonl'",
+        )
     import datasets
 
     try:
@@ -303,8 +330,11 @@ def _iter_hub(name: str) -> Iterator[Record]:
     base, _, split = name.partition("@")
     repo, _, config = base.partition(":")
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        raise DataError("hub datasets need the network, and offline mode is on", file=name,
-                        hint="download the data once and point at the local file")
+        raise DataError(
+            "hub datasets need the network, and offline mode is on",
+            file=name,
+            hint="download the data once and point at the local file",
+        )
     import datasets
 
     try:
@@ -313,8 +343,11 @@ def _iter_hub(name: str) -> Iterator[Record]:
     except DataError:
         raise
     except Exception as exc:  # network errors, unknown repos and splits all surface differently
-        raise DataError(f"could not load the hub dataset ({type(exc).__name__}: {str(exc).splitlines()[0]})",
-                        file=name, hint="check the name, config and split, and that you are online") from None
+        raise DataError(
+            f"could not load the hub dataset ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+            file=name,
+            hint="check the name, config and split, and that you are online",
+        ) from None
 
 
 def read_columns(source: str) -> list[str]:

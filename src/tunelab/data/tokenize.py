@@ -24,9 +24,15 @@ class EncodedSplit:
         meta: per-row statistics for the data check (e.g. ``prompt_length``), arrays of one value per row.
     """
 
-    def __init__(self, input_ids: np.ndarray, offsets: np.ndarray, labels: np.ndarray | None = None,
-                 targets: np.ndarray | None = None, rows: np.ndarray | None = None,
-                 meta: dict[str, np.ndarray] | None = None):
+    def __init__(
+        self,
+        input_ids: np.ndarray,
+        offsets: np.ndarray,
+        labels: np.ndarray | None = None,
+        targets: np.ndarray | None = None,
+        rows: np.ndarray | None = None,
+        meta: dict[str, np.ndarray] | None = None,
+    ):
         self.input_ids = input_ids
         self.offsets = offsets
         self.labels = labels
@@ -42,11 +48,11 @@ class EncodedSplit:
         return np.diff(self.offsets)
 
     def ids(self, i: int) -> np.ndarray:
-        return self.input_ids[self.offsets[i]: self.offsets[i + 1]]
+        return self.input_ids[self.offsets[i] : self.offsets[i + 1]]
 
     def token_labels(self, i: int) -> np.ndarray:
         assert self.labels is not None
-        return self.labels[self.offsets[i]: self.offsets[i + 1]]
+        return self.labels[self.offsets[i] : self.offsets[i + 1]]
 
     def trained_counts(self) -> np.ndarray:
         """Tokens that carry loss in each row: a label at a position that has a token before it."""
@@ -104,8 +110,9 @@ class SplitBuilder:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def add(self, input_ids: Sequence[int], row: int, labels: Sequence[int] | None = None, target: Any = None,
-            **meta: Any) -> None:
+    def add(
+        self, input_ids: Sequence[int], row: int, labels: Sequence[int] | None = None, target: Any = None, **meta: Any
+    ) -> None:
         """Add one row; ``target`` is a class index or a multi-hot vector; ``meta`` holds per-row statistics."""
         self._ids.append(np.asarray(input_ids, dtype=np.int32))
         if labels is not None:

@@ -55,8 +55,9 @@ def compute_classification_metrics(targets: np.ndarray, probabilities: np.ndarra
     return metrics
 
 
-def compute_multilabel_metrics(targets: np.ndarray, probabilities: np.ndarray,
-                               threshold: float = 0.5) -> dict[str, float]:
+def compute_multilabel_metrics(
+    targets: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5
+) -> dict[str, float]:
     """Multi-label: subset accuracy (every label right), micro/macro F1 and macro AUC over classes with both values.
 
     Args:
@@ -68,8 +69,7 @@ def compute_multilabel_metrics(targets: np.ndarray, probabilities: np.ndarray,
     predicted = (probabilities >= threshold).astype(int)
     truth = (targets > 0.5).astype(int)
     scored = [c for c in range(truth.shape[1]) if 0 < truth[:, c].sum() < len(truth)]
-    auc = (float(np.mean([roc_auc_score(truth[:, c], probabilities[:, c]) for c in scored]))
-           if scored else float("nan"))
+    auc = float(np.mean([roc_auc_score(truth[:, c], probabilities[:, c]) for c in scored])) if scored else float("nan")
     return {
         "accuracy": float((predicted == truth).all(axis=1).mean()),
         "f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),

@@ -74,29 +74,54 @@ class CausalLMProblem:
     def encode(self, example: dict[str, Any], builder: SplitBuilder, row: int, record: Record) -> None:
         if "text" in example:  # raw text: continued pre-training, every token trained
             for chunk in self.renderer.render_text(example["text"]):
-                builder.add(chunk, row, labels=chunk, prompt_length=0, answer_length=len(chunk), truncated=False,
-                            ends_eos=chunk[-1] == self.tokenizer.eos_token_id, empty=False)
+                builder.add(
+                    chunk,
+                    row,
+                    labels=chunk,
+                    prompt_length=0,
+                    answer_length=len(chunk),
+                    truncated=False,
+                    ends_eos=chunk[-1] == self.tokenizer.eos_token_id,
+                    empty=False,
+                )
             return
         if "messages" not in example:
-            raise record.error("preference pairs train a reward or dpo problem, not causal_lm",
-                               hint="set problem_type, or use prompt/answer data")
+            raise record.error(
+                "preference pairs train a reward or dpo problem, not causal_lm",
+                hint="set problem_type, or use prompt/answer data",
+            )
         rendered = self.renderer.render(example["messages"])
-        builder.add(rendered.input_ids, row, labels=rendered.labels, prompt_length=rendered.prompt_length,
-                    answer_length=rendered.answer_length, truncated=rendered.answer_truncated,
-                    ends_eos=rendered.ends_with_eos, empty=not example["messages"][-1]["content"].strip())
+        builder.add(
+            rendered.input_ids,
+            row,
+            labels=rendered.labels,
+            prompt_length=rendered.prompt_length,
+            answer_length=rendered.answer_length,
+            truncated=rendered.answer_truncated,
+            ends_eos=rendered.ends_with_eos,
+            empty=not example["messages"][-1]["content"].strip(),
+        )
 
-    def collate(self, split: EncodedSplit, indices: list[Any], train: bool,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def collate(
+        self, split: EncodedSplit, indices: list[Any], train: bool, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         """A right-padded batch; with packing, ``indices`` is a list of bins (lists of rows) instead."""
         if indices and isinstance(indices[0], (list, tuple)):
             return pack_causal(split, indices, self.tokenizer.pad_token_id)
         mask_p = self.cfg.augmentation.token_mask_probability if train else 0.0
-        return pad_causal(split, indices, self.tokenizer.pad_token_id, self.cfg.tokenizer.padding_quantile,
-                          mask_p, generator=generator)
+        return pad_causal(
+            split,
+            indices,
+            self.tokenizer.pad_token_id,
+            self.cfg.tokenizer.padding_quantile,
+            mask_p,
+            generator=generator,
+        )
 
     # ------------------------------------------------------------------ loss
-    def trained_logits(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                   torch.Tensor]:
+    def trained_logits(
+        self, model: Any, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits at trained positions only, their target tokens, and the batch row of each.
 
         The LM head runs only where a label is trained: prompt and padding positions never get vocabulary logits,
@@ -154,29 +179,44 @@ class CausalLMProblem:
         mean = float(row_sum.sum() / row_count.sum().clamp(min=1))
         return mean, (row_sum / row_count.clamp(min=1)).numpy()
 
-    def evaluate(self, model: Any, split: EncodedSplit, examples: list[dict[str, Any]],
-                 generate: bool = True) -> EvalResult:
+    def evaluate(
+        self, model: Any, split: EncodedSplit, examples: list[dict[str, Any]], generate: bool = True
+    ) -> EvalResult:
         mean_loss, per_row_loss = self.validation_loss(model, split)
         metrics = {"loss": mean_loss, "perplexity": compute_perplexity(mean_loss)}
         if len(per_row_loss) != len(examples) or any("messages" not in ex for ex in examples):
             # Raw text (possibly several chunks per document): nothing to answer, so loss and perplexity only.
-            return EvalResult(metrics, [{"prompt": "", "reference": "", "prediction": "", "score": float("nan"),
-                                         "loss": float(lo)} for lo in per_row_loss])
+            return EvalResult(
+                metrics,
+                [
+                    {"prompt": "", "reference": "", "prediction": "", "score": float("nan"), "loss": float(lo)}
+                    for lo in per_row_loss
+                ],
+            )
         references = [ex["messages"][-1]["content"] for ex in examples]
         prompts = [ex["messages"][-2]["content"] for ex in examples]  # the last user turn, as written
         answers = [""] * len(examples)
         if generate:
-            answers = generate_batched(model, self.tokenizer, self.prompt_ids(examples), self.cfg.prediction,
-                                       self.inference_batch_size())
+            answers = generate_batched(
+                model, self.tokenizer, self.prompt_ids(examples), self.cfg.prediction, self.inference_batch_size()
+            )
             metrics["bleu"] = compute_bleu(answers, references)
-        rows = [{"prompt": p, "reference": r, "prediction": a,
-                 "score": compute_sentence_bleu(a, r) if generate else float("nan"), "loss": float(lo)}
-                for p, r, a, lo in zip(prompts, references, answers, per_row_loss)]
+        rows = [
+            {
+                "prompt": p,
+                "reference": r,
+                "prediction": a,
+                "score": compute_sentence_bleu(a, r) if generate else float("nan"),
+                "loss": float(lo),
+            }
+            for p, r, a, lo in zip(prompts, references, answers, per_row_loss)
+        ]
         return EvalResult(metrics, rows)
 
     def predict(self, model: Any, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        answers = generate_batched(model, self.tokenizer, self.prompt_ids(examples), self.cfg.prediction,
-                                   self.inference_batch_size())
+        answers = generate_batched(
+            model, self.tokenizer, self.prompt_ids(examples), self.cfg.prediction, self.inference_batch_size()
+        )
         return [{"prediction": a} for a in answers]
 
     def save(self, run_dir: Path) -> None:

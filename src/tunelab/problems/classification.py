@@ -49,8 +49,12 @@ class ClassificationProblem:
         return AutoModelForSequenceClassification
 
     def model_kwargs(self) -> dict[str, Any]:
-        kwargs = {"num_labels": len(self.classes), "id2label": dict(enumerate(self.classes)),
-                  "label2id": dict(self.class_index), "pad_token_id": self.tokenizer.pad_token_id}
+        kwargs = {
+            "num_labels": len(self.classes),
+            "id2label": dict(enumerate(self.classes)),
+            "label2id": dict(self.class_index),
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
         if self.multi_label:
             kwargs["problem_type"] = "multi_label_classification"
         return kwargs
@@ -67,9 +71,12 @@ class ClassificationProblem:
         classes = sort_labels(names)
         if len(classes) < 2 and not (self.multi_label and classes):
             only = classes[0] if classes else "none"
-            raise DataError(f"the label column has only one class ('{only}'); classification needs at least two",
-                            file=source, field=self.cfg.dataset.label_column,
-                            hint="check dataset.label_column, or add rows of the other classes")
+            raise DataError(
+                f"the label column has only one class ('{only}'); classification needs at least two",
+                file=source,
+                field=self.cfg.dataset.label_column,
+                hint="check dataset.label_column, or add rows of the other classes",
+            )
         self._set_classes(classes)
 
     def _set_classes(self, classes: list[str]) -> None:
@@ -80,8 +87,10 @@ class ClassificationProblem:
         names = label if isinstance(label, list) else [label]
         for name in names:
             if name not in self.class_index:
-                raise record.error(f"label '{name}' does not occur in the training data "
-                                   f"(classes: {', '.join(self.classes[:10])})", field=self.cfg.dataset.label_column)
+                raise record.error(
+                    f"label '{name}' does not occur in the training data (classes: {', '.join(self.classes[:10])})",
+                    field=self.cfg.dataset.label_column,
+                )
         if not self.multi_label:
             return self.class_index[names[0]]
         hot = [0.0] * len(self.classes)
@@ -90,19 +99,29 @@ class ClassificationProblem:
         return hot
 
     def _ids(self, text: str) -> tuple[list[int], bool]:
-        ids = self.tokenizer(text, truncation=True, max_length=self.cfg.tokenizer.max_length,
-                             return_overflowing_tokens=False)["input_ids"]
+        ids = self.tokenizer(
+            text, truncation=True, max_length=self.cfg.tokenizer.max_length, return_overflowing_tokens=False
+        )["input_ids"]
         return ids, len(ids) >= self.cfg.tokenizer.max_length
 
     def encode(self, example: dict[str, Any], builder: SplitBuilder, row: int, record: Record) -> None:
         ids, truncated = self._ids(example["text"])
         label = example["label"]
-        builder.add(ids, row, target=self._target(label, record), truncated=truncated,
-                    empty=not example["text"].strip(), label="|".join(label) if isinstance(label, list) else label,
-                    prompt_length=len(ids), answer_length=0, ends_eos=True)
+        builder.add(
+            ids,
+            row,
+            target=self._target(label, record),
+            truncated=truncated,
+            empty=not example["text"].strip(),
+            label="|".join(label) if isinstance(label, list) else label,
+            prompt_length=len(ids),
+            answer_length=0,
+            ends_eos=True,
+        )
 
-    def collate(self, split: EncodedSplit, indices: list[int], train: bool,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def collate(
+        self, split: EncodedSplit, indices: list[int], train: bool, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         return pad_classification(split, indices, self.tokenizer.pad_token_id, self.cfg.tokenizer.padding_quantile)
 
     # ------------------------------------------------------------------ loss
@@ -126,15 +145,17 @@ class ClassificationProblem:
         for start in range(0, len(split), batch_size):
             indices = list(range(start, min(start + batch_size, len(split))))
             batch = pad_classification(split, indices, self.tokenizer.pad_token_id)
-            logits = model(input_ids=batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device)).logits.float()
+            logits = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits.float()
             probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
             out.append(probs.cpu().numpy())
         model.train(was_training)
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
-    def evaluate(self, model: Any, split: EncodedSplit, examples: list[dict[str, Any]],
-                 generate: bool = True) -> EvalResult:
+    def evaluate(
+        self, model: Any, split: EncodedSplit, examples: list[dict[str, Any]], generate: bool = True
+    ) -> EvalResult:
         probs = self.probabilities(model, split)
         targets = split.targets
         assert targets is not None
@@ -143,8 +164,15 @@ class ClassificationProblem:
             clipped = np.clip(probs, 1e-7, 1 - 1e-7)
             bce = -(targets * np.log(clipped) + (1 - targets) * np.log(1 - clipped)).mean()
             metrics = {"loss": float(bce), **metrics}
-            rows = [{"prompt": ex["text"], "reference": "|".join(ex["label"]), "prediction": self._names(p),
-                     "score": float(((p >= 0.5) == (t > 0.5)).all())} for ex, p, t in zip(examples, probs, targets)]
+            rows = [
+                {
+                    "prompt": ex["text"],
+                    "reference": "|".join(ex["label"]),
+                    "prediction": self._names(p),
+                    "score": float(((p >= 0.5) == (t > 0.5)).all()),
+                }
+                for ex, p, t in zip(examples, probs, targets)
+            ]
             return EvalResult(metrics, rows)
         metrics = compute_classification_metrics(targets, probs)
         picked = probs[np.arange(len(targets)), targets]
@@ -152,8 +180,15 @@ class ClassificationProblem:
         rows = []
         for ex, p, t in zip(examples, probs, targets):
             guess = int(p.argmax())
-            rows.append({"prompt": ex["text"], "reference": self.classes[t], "prediction": self.classes[guess],
-                         "score": float(guess == t), "confidence": float(p[guess])})
+            rows.append(
+                {
+                    "prompt": ex["text"],
+                    "reference": self.classes[t],
+                    "prediction": self.classes[guess],
+                    "score": float(guess == t),
+                    "confidence": float(p[guess]),
+                }
+            )
         return EvalResult(metrics, rows)
 
     def _names(self, probs: np.ndarray) -> str:
@@ -166,8 +201,11 @@ class ClassificationProblem:
         probs = self.probabilities(model, builder.build())
         out = []
         for p in probs:
-            head = ({"prediction": self._names(p)} if self.multi_label
-                    else {"prediction": self.classes[int(p.argmax())], "confidence": float(p.max())})
+            head = (
+                {"prediction": self._names(p)}
+                if self.multi_label
+                else {"prediction": self.classes[int(p.argmax())], "confidence": float(p.max())}
+            )
             out.append({**head, **{f"prob_{c}": float(v) for c, v in zip(self.classes, p)}})
         return out
 

@@ -91,9 +91,13 @@ def mixed_precision_mode(setting: Any) -> str:
 def build_model(cfg: RunConfig, problem: Any, source: str) -> Any:
     """Load the backbone with the problem's head, configure it, and apply the adapter."""
     arch = cfg.architecture
-    model = load_backbone(source, problem.auto_class(), dtype=arch.backbone_dtype,
-                          dropout=arch.intermediate_dropout if arch.intermediate_dropout > 0 else None,
-                          **problem.model_kwargs())
+    model = load_backbone(
+        source,
+        problem.auto_class(),
+        dtype=arch.backbone_dtype,
+        dropout=arch.intermediate_dropout if arch.intermediate_dropout > 0 else None,
+        **problem.model_kwargs(),
+    )
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = problem.tokenizer.pad_token_id
     if arch.gradient_checkpointing:
@@ -107,8 +111,14 @@ def build_model(cfg: RunConfig, problem: Any, source: str) -> Any:
 
 def build_batches(cfg: RunConfig, split: EncodedSplit, generator: torch.Generator) -> TrainBatches:
     """The training batch plan: shuffled rows, rows grouped by length, or packed bins."""
-    return TrainBatches(split.lengths(), cfg.training.batch_size, generator, cfg.training.drop_last_batch,
-                        mode=batching_mode(cfg), capacity=cfg.tokenizer.max_length)
+    return TrainBatches(
+        split.lengths(),
+        cfg.training.batch_size,
+        generator,
+        cfg.training.drop_last_batch,
+        mode=batching_mode(cfg),
+        capacity=cfg.tokenizer.max_length,
+    )
 
 
 def count_steps(cfg: RunConfig, batches_per_epoch: int) -> tuple[int, int]:
@@ -118,8 +128,9 @@ def count_steps(cfg: RunConfig, batches_per_epoch: int) -> tuple[int, int]:
     return per_epoch, total
 
 
-def prepare_data(cfg: RunConfig, check: bool = True, console: Any = None) -> tuple[str, Any, Any, DataSplits,
-                                                                                  DataReport]:
+def prepare_data(
+    cfg: RunConfig, check: bool = True, console: Any = None
+) -> tuple[str, Any, Any, DataSplits, DataReport]:
     """Resolve the backbone, load its tokenizer, build the problem and its data, and run the data check.
 
     Returns:
@@ -132,8 +143,9 @@ def prepare_data(cfg: RunConfig, check: bool = True, console: Any = None) -> tup
     tokenizer = load_tokenizer(source)
     problem = build_problem(cfg, tokenizer)
     data = build_splits(cfg, problem)
-    report = compute_report(data.train, cfg, source_name(cfg.dataset.train_dataframe), data.info["format"],
-                            data.info.get("deduplicated", 0))
+    report = compute_report(
+        data.train, cfg, source_name(cfg.dataset.train_dataframe), data.info["format"], data.info.get("deduplicated", 0)
+    )
     if console is not None:
         print_report(report, console, cfg)
     if check:
@@ -148,8 +160,9 @@ def setup(cfg: RunConfig, seed: int, check: bool = True, console: Any = None) ->
 
     # Seed first: data order, dropout and new heads all draw from it.
     set_seed(seed)
-    accelerator = Accelerator(mixed_precision=mixed_precision_mode(cfg.environment.mixed_precision),
-                              cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision_mode(cfg.environment.mixed_precision), cpu=not torch.cuda.is_available()
+    )
     # The tokenizer comes before the data (rendering depends on it); the data before the model: a classification
     # head's size is the number of classes found, and bad data should fail before a model is loaded.
     source, tokenizer, problem, data, report = prepare_data(cfg, check, console)
@@ -163,9 +176,27 @@ def setup(cfg: RunConfig, seed: int, check: bool = True, console: Any = None) ->
     warmup = round(cfg.training.warmup_epochs * steps_per_epoch)
     scheduler = build_scheduler(optimizer, cfg.training.schedule, total_steps, warmup)
     loader = torch.utils.data.DataLoader(
-        _Identity(len(data.train)), batch_sampler=batches,
+        _Identity(len(data.train)),
+        batch_sampler=batches,
         collate_fn=Collator(problem, data.train, train=True, generator=generator),
-        num_workers=cfg.environment.number_of_workers)
+        num_workers=cfg.environment.number_of_workers,
+    )
     loss_module, optimizer = accelerator.prepare(LossModule(model, problem), optimizer)
-    return TrainSetup(cfg, seed, accelerator, tokenizer, problem, data, report, model, loss_module, optimizer,
-                      scheduler, loader, steps_per_epoch, total_steps, parameters, source)
+    return TrainSetup(
+        cfg,
+        seed,
+        accelerator,
+        tokenizer,
+        problem,
+        data,
+        report,
+        model,
+        loss_module,
+        optimizer,
+        scheduler,
+        loader,
+        steps_per_epoch,
+        total_steps,
+        parameters,
+        source,
+    )
