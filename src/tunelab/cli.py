@@ -24,8 +24,12 @@ config_app = typer.Typer(no_args_is_help=True, help="Write, check and document c
 app.add_typer(config_app, name="config")
 data_app = typer.Typer(no_args_is_help=True, help="Check and look at data as the model will see it.")
 app.add_typer(data_app, name="data")
+runs_app = typer.Typer(no_args_is_help=True, help="The run registry of an output directory.")
+app.add_typer(runs_app, name="runs")
+OutputDirOption = typer.Option(Path("output"), "--output-directory", "-d", help="The output directory of the runs.")
 
-console = Console(soft_wrap=True, highlight=False)
+# Pipes and CI logs get a wide console: an 80-column default wraps every table.
+console = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 STATE = {"debug": False}
 
@@ -60,19 +64,71 @@ def train(
     overrides: list[str] | None = SetOption,
     force: bool = typer.Option(False, "--force", help="Replace an existing run directory of the same name."),
     no_check: bool = typer.Option(False, "--no-check", help="Train even when the data check finds a problem."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue this run directory from its last checkpoint."),
+    allow_changes: bool = typer.Option(False, "--allow-changes", help="Resume even if the config or data changed."),
+    nproc: int = typer.Option(
+        1, "--nproc", min=1, help="Processes per node (DDP, FSDP or DeepSpeed per environment.distributed)."
+    ),
+    nnodes: int = typer.Option(1, "--nnodes", min=1, help="Machines taking part (multi-node)."),
+    node_rank: int = typer.Option(0, "--node-rank", min=0, help="This machine's index (multi-node)."),
+    master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="Address of node 0 (multi-node)."),
+    master_port: int | None = typer.Option(None, "--master-port", help="Port on node 0 (multi-node)."),
 ) -> None:
     """Train a model: load, evaluate, fine-tune, evaluate again, and save a run directory."""
     from tunelab.config import load_config
     from tunelab.quickstart import quickstart_config
+    from tunelab.training.launch import in_distributed_launch, launch_command
     from tunelab.training.loop import train as run_training
 
-    if config is None:
+    if resume is not None:
+        from tunelab.rundir import RunDirectory
+
+        run = RunDirectory(resume)
+        if not run.config_path.is_file():
+            raise TunelabError("not a tunelab run directory (no config.yaml)", file=str(resume))
+        cfg = load_config(config or run.config_path, overrides)
+    elif config is None:
         cfg = load_config(base=quickstart_config(), overrides=overrides)
         console.print(f"[bold]quick start[/]: {cfg.llm_backbone} + LoRA on {cfg.dataset.train_dataframe}")
     else:
         cfg = load_config(config, overrides)
-    result = run_training(cfg, force=force, console=console, check=not no_check)
-    show_result(result)
+    if (nproc > 1 or nnodes > 1) and not in_distributed_launch():
+        import subprocess
+
+        args = sys.argv[sys.argv.index("train") + 1 :]
+        args = _without_launch_options(args)
+        command = launch_command(
+            args,
+            nproc,
+            cfg.environment.distributed,
+            Path(cfg.output_directory),
+            nnodes,
+            node_rank,
+            master_addr,
+            master_port,
+        )
+        console.print(f"launching {nproc * nnodes} processes: {' '.join(command)}")
+        sys.exit(subprocess.call(command))
+    result = run_training(
+        cfg, force=force, console=console, check=not no_check, resume_from=resume, allow_changes=allow_changes
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        show_result(result)
+
+
+def _without_launch_options(args: list[str]) -> list[str]:
+    """The train arguments minus the options that only concern launching processes."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port"):
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return out
 
 
 def show_result(result: Any) -> None:
@@ -263,6 +319,149 @@ def data_inspect(
         console.print(render_row(split, i, tokenizer))
     target = histogram or Path(Path(file).name.split(".")[0] + "_lengths.png")
     console.print(f"\nlength histogram: {save_length_histogram(split, cfg, target)}")
+
+
+# ---------------------------------------------------------------------------------------------------------- runs
+@runs_app.command("list")
+def runs_list(output_directory: Path = OutputDirOption) -> None:
+    """Every run: id, name, status, problem type, backbone, final metric, duration."""
+    from tunelab.runs import RunRegistry
+
+    table = Table(title=f"runs in {output_directory}")
+    for column in ("id", "name", "status", "problem", "backbone", "metrics", "duration"):
+        table.add_column(column)
+    for row in RunRegistry(output_directory).list():
+        after = row["metrics"].get("after", {})
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in list(after.items())[:3] if isinstance(v, (int, float)))
+        duration = f"{row['ended'] - row['started']:.0f} s" if row["ended"] and row["started"] else "-"
+        table.add_row(
+            row["id"],
+            row["name"],
+            row["status"],
+            row["problem_type"] or "-",
+            row["backbone"] or "-",
+            shown or "-",
+            duration,
+        )
+    console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: str = typer.Argument(..., help="Run id (or a unique prefix, or its name)."),
+    output_directory: Path = OutputDirOption,
+) -> None:
+    """One run's record, final metrics and location."""
+    import json as _json
+
+    from tunelab.runs import RunRegistry
+
+    row = RunRegistry(output_directory).get(run_id)
+    console.print_json(_json.dumps(row, default=str))
+
+
+@runs_app.command("compare")
+def runs_compare(
+    run_ids: list[str] = typer.Argument(..., help="Two or more run ids."),
+    output_directory: Path = OutputDirOption,
+    plot: Path | None = typer.Option(None, "--plot", help="Where to write the loss-curve PNG."),
+) -> None:
+    """Config differences and metrics side by side, plus an overlaid loss-curve PNG."""
+    import yaml as _yaml
+
+    from tunelab.compare import config_differences, plot_curves
+    from tunelab.runs import RunRegistry
+
+    if len(run_ids) < 2:
+        raise TunelabError("compare needs at least two runs", hint="tunelab runs compare ID ID")
+    registry = RunRegistry(output_directory)
+    rows = [registry.get(r) for r in run_ids]
+    configs = []
+    for row in rows:
+        path = Path(row["path"]) / "config.yaml"
+        if not path.is_file():
+            raise TunelabError("the run directory is gone", file=str(row["path"]))
+        configs.append(_yaml.safe_load(path.read_text(encoding="utf-8")))
+    labels = [f"{row['id']} {row['name']}" for row in rows]
+    table = Table(title="config differences")
+    table.add_column("field")
+    for label in labels:
+        table.add_column(label)
+    for key, values in config_differences(configs).items():
+        table.add_row(key, *[str(v) for v in values])
+    console.print(table)
+    table = Table(title="metrics (after training)")
+    table.add_column("metric")
+    for label in labels:
+        table.add_column(label, justify="right")
+    names = sorted({k for row in rows for k in row["metrics"].get("after", {})})
+    for name in names:
+        table.add_row(name, *[_fmt(row["metrics"].get("after", {}).get(name)) for row in rows])
+    console.print(table)
+    target = plot or output_directory / f"compare_{'_'.join(r['id'] for r in rows)}.png"
+    console.print(f"loss curves: {plot_curves(list(zip(labels, [Path(r['path']) for r in rows])), target)}")
+
+
+@runs_app.command("rm")
+def runs_rm(
+    run_id: str = typer.Argument(..., help="Run id to remove."),
+    output_directory: Path = OutputDirOption,
+    delete_files: bool = typer.Option(False, "--delete-files", help="Also delete the run directory."),
+) -> None:
+    """Remove a run from the registry (and with --delete-files, its run directory)."""
+    import shutil
+
+    from tunelab.runs import RunRegistry
+
+    registry = RunRegistry(output_directory)
+    row = registry.get(run_id)
+    if row["status"] == "running" and row["pid"] and _alive(row["pid"]):
+        raise TunelabError(
+            f"run {row['id']} is still running (process {row['pid']})",
+            hint="stop it first (Ctrl-C in its terminal, or kill -INT the process)",
+        )
+    registry.remove(row["id"])
+    if delete_files and Path(row["path"]).is_dir():
+        if not (Path(row["path"]) / "config.yaml").is_file():
+            raise TunelabError("refusing to delete a folder that is not a run directory", file=row["path"])
+        shutil.rmtree(row["path"])
+    console.print(f"removed run {row['id']} ({row['name']})" + (" and its directory" if delete_files else ""))
+
+
+@app.command()
+def tune(
+    config: Path = typer.Argument(..., help="The base config of every trial."),
+    space: Path = typer.Option(..., "--space", help="YAML search space: dotted field -> distribution."),
+    trials: int = typer.Option(10, "--trials", min=1, help="How many trials to run."),
+    overrides: list[str] | None = SetOption,
+    seed: int = typer.Option(0, "--seed", help="Seed of the TPE sampler."),
+) -> None:
+    """Search hyperparameters with Optuna (TPE, median pruning); every trial is a run in the registry."""
+    from tunelab.config import load_config
+    from tunelab.tune import load_space, run_search
+
+    cfg = load_config(config, overrides)
+    rows = run_search(cfg, load_space(space), trials, console, seed)
+    key = cfg.best_metric()
+    table = Table(title=f"trials, best first ({key})")
+    for column in ("trial", "state", key, "parameters", "run directory"):
+        table.add_column(column)
+    for row in rows:
+        params = ", ".join(
+            f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+            for k, v in row["params"].items()
+        )
+        value = row["value"] if row["value"] is not None else row["last_reported"]
+        table.add_row(str(row["trial"]), row["state"], _fmt(value), params, row["run_dir"] or "-")
+    console.print(table)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 @app.command()

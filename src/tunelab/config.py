@@ -27,7 +27,7 @@ PROBLEM_LOSSES: dict[str, tuple[str, ...]] = {
     "classification": ("CrossEntropy",),
 }
 # Metrics where a lower value is better; everything else is maximised.
-LOWER_IS_BETTER = {"Perplexity", "loss"}
+LOWER_IS_BETTER = {"Perplexity", "perplexity", "loss"}
 
 
 class Section(BaseModel):
@@ -244,8 +244,34 @@ class TrainingConfig(Section):
         description="Keep the weights of the best validation evaluation and save those as the run's model "
         "instead of the last ones.",
     )
+    load_best_model_at_end: bool = Field(
+        False, description="Same as save_best_checkpoint: finish with the weights of the best evaluation."
+    )
+    metric_for_best: str = Field(
+        "",
+        description="Metric that picks the best checkpoint and drives early stopping (e.g. loss, bleu, accuracy); "
+        "empty = prediction.metric. Lower is better for loss and perplexity, higher for the rest.",
+    )
+    early_stopping_patience: int = Field(
+        0, ge=0, description="Stop after this many evaluations without improvement of metric_for_best; 0 = off."
+    )
     evaluation_epochs: float = Field(
         1.0, gt=0, description="Evaluate every this many epochs (fractions allowed); always also at the end."
+    )
+    eval_steps: int = Field(
+        0, ge=0, description="Evaluate every this many optimizer steps instead of every evaluation_epochs; 0 = off."
+    )
+    save_steps: int = Field(
+        0, ge=0, description="Write a resumable checkpoint every this many optimizer steps; 0 = off."
+    )
+    save_epochs: float = Field(
+        1.0, ge=0, description="Write a resumable checkpoint every this many epochs (fractions allowed); 0 = off."
+    )
+    save_total_limit: int = Field(
+        2, ge=0, description="Keep at most this many step checkpoints (the best one is always kept); 0 = keep all."
+    )
+    max_nan_skips: int = Field(
+        0, ge=0, description="Skip up to this many optimizer steps with a NaN/inf loss or gradient before stopping."
     )
     evaluate_before_training: bool = Field(
         True, description="Evaluate the untouched backbone first, so the run reports before vs after."
@@ -281,6 +307,16 @@ class EnvironmentConfig(Section):
     )
     number_of_workers: int = Field(0, ge=0, le=64, description="Data-loader worker processes.")
     seed: int = Field(-1, ge=-1, description="Random seed; -1 picks one at random. The seed actually used is recorded.")
+    distributed: Literal["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = Field(
+        "ddp",
+        description="How several processes share the work (tunelab train --nproc N): DDP replicates the model; "
+        "FSDP and DeepSpeed ZeRO shard it (GPUs; they run through a generated accelerate config).",
+    )
+    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Experiment trackers: TensorBoard always; MLflow and Weights & Biases when installed "
+        "(configured by their usual environment variables, e.g. MLFLOW_TRACKING_URI, WANDB_PROJECT).",
+    )
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -377,11 +413,27 @@ class RunConfig(BaseModel):
             found.append(("training.packing", "packing is for causal LM training; turn it off for classification"))
         if self.problem_type == "classification" and self.dataset.format not in ("auto", "columns"):
             found.append(("dataset.format", "classification reads text and label columns: use 'auto' or 'columns'"))
+        if self.training.metric_for_best and self.training.metric_for_best.lower() not in self.metric_names():
+            found.append(
+                (
+                    "training.metric_for_best",
+                    f"'{self.training.metric_for_best}' is not reported for "
+                    f"{self.problem_type}; choose one of {', '.join(self.metric_names())}",
+                )
+            )
         if self.problem_type == "causal_lm" and self.dataset.format == "preference":
             found.append(("dataset.format", "preference pairs train a reward or dpo problem, not causal_lm"))
         if self.problem_type == "causal_lm" and not self.dataset.answer_column:
             found.append(("dataset.answer_column", "required for causal_lm"))
         return found
+
+    def metric_names(self) -> list[str]:
+        """The lower-case metric names evaluation reports for this problem type (``loss`` included)."""
+        return ["loss", *(m.lower() for m in PROBLEM_METRICS[self.problem_type])]
+
+    def best_metric(self) -> str:
+        """The lower-case metric that picks the best checkpoint."""
+        return (self.training.metric_for_best or self.prediction.metric).lower()
 
     @property
     def run_dir(self) -> Path:

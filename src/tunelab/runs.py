@@ -79,22 +79,38 @@ class RunRegistry:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
                 time.sleep(0.05 * 2**attempt + random.random() * 0.05)
-        raise RegistryError("the run registry stayed locked", file=str(self.path),
-                            hint="another process holds it; try again")
+        raise RegistryError(
+            "the run registry stayed locked", file=str(self.path), hint="another process holds it; try again"
+        )
 
     # ------------------------------------------------------------------ writing
-    def add(self, name: str, path: str | Path, problem_type: str, backbone: str, config_hash: str,
-            status: str = "running", pid: int | None = None) -> str:
+    def add(
+        self,
+        name: str,
+        path: str | Path,
+        problem_type: str,
+        backbone: str,
+        config_hash: str,
+        status: str = "running",
+        pid: int | None = None,
+    ) -> str:
         """Register a run and return its id (a short unique string)."""
         run_id = uuid.uuid4().hex[:8]
-        self._write("INSERT INTO runs (id, name, problem_type, backbone, config_hash, status, started, path, pid) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, name, problem_type, backbone, config_hash, status, time.time(),
-                     str(Path(path).resolve()), pid))
+        self._write(
+            "INSERT INTO runs (id, name, problem_type, backbone, config_hash, status, started, path, pid) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, name, problem_type, backbone, config_hash, status, time.time(), str(Path(path).resolve()), pid),
+        )
         return run_id
 
-    def update(self, run_id: str, status: str | None = None, metrics: dict[str, Any] | None = None,
-               error: str | None = None, ended: bool = False) -> None:
+    def update(
+        self,
+        run_id: str,
+        status: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        error: str | None = None,
+        ended: bool = False,
+    ) -> None:
         """Change a run's status, final metrics or error."""
         sets, params = [], []
         if status is not None:
@@ -135,22 +151,25 @@ class RunRegistry:
         with self._connect() as conn:
             rows = conn.execute("SELECT * FROM runs WHERE id LIKE ? OR name = ?", (f"{run_id}%", run_id)).fetchall()
         if not rows:
-            raise RegistryError(f"no run '{run_id}' in this registry", file=str(self.path),
-                                hint="see 'tunelab runs list'")
+            raise RegistryError(
+                f"no run '{run_id}' in this registry", file=str(self.path), hint="see 'tunelab runs list'"
+            )
         if len(rows) > 1:
             exact = [r for r in rows if r["id"] == run_id]
             if len(exact) != 1:
                 names = ", ".join(r["id"] for r in rows[:5])
-                raise RegistryError(f"'{run_id}' matches several runs ({names})", file=str(self.path),
-                                    hint="use a longer id")
+                raise RegistryError(
+                    f"'{run_id}' matches several runs ({names})", file=str(self.path), hint="use a longer id"
+                )
             rows = exact
         return _as_dict(rows[0])
 
     def by_path(self, path: str | Path) -> dict[str, Any] | None:
         """The newest run registered for a run directory, if any."""
         with self._connect() as conn:
-            row = conn.execute("SELECT * FROM runs WHERE path = ? ORDER BY started DESC LIMIT 1",
-                               (str(Path(path).resolve()),)).fetchone()
+            row = conn.execute(
+                "SELECT * FROM runs WHERE path = ? ORDER BY started DESC LIMIT 1", (str(Path(path).resolve()),)
+            ).fetchone()
         return _as_dict(row) if row else None
 
 

@@ -156,34 +156,42 @@ def pack_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 class TrainBatches:
     """The training batches of one epoch after another: shuffled rows, rows grouped by length, or packed bins.
 
-    Used as a DataLoader ``batch_sampler``. Every epoch reshuffles with ``generator``, so a seeded generator gives
-    the same batches in the same order on every run.
+    Used as a DataLoader ``batch_sampler``. Epoch ``e`` is shuffled by a generator seeded with (seed, e), so the
+    batches of any epoch can be rebuilt exactly — which is what makes a resumed run continue with the same batches.
+    With several processes each global batch (``batch_size`` × ``world``) is split between them, so N processes
+    see the same global batches as one process with an N times larger batch.
 
     Args:
         lengths: tokens per training row.
-        batch_size: rows per batch (packed rows when packing).
-        generator: the shuffling generator.
-        drop_last: drop a last incomplete batch.
+        batch_size: rows (packed rows when packing) per batch of this process.
+        seed: the run's seed.
+        drop_last: drop a last incomplete batch (always done with several processes).
         mode: "shuffle", "group_by_length" or "packing".
         capacity: tokens per packed row (packing only).
+        rank: this process's index.
+        world: the number of processes.
     """
 
     def __init__(
         self,
         lengths: np.ndarray,
         batch_size: int,
-        generator: torch.Generator,
+        seed: int,
         drop_last: bool,
         mode: str = "shuffle",
         capacity: int = 0,
+        rank: int = 0,
+        world: int = 1,
     ):
         self.lengths = np.asarray(lengths)
-        self.batch_size = batch_size
-        self.generator = generator
+        self.rank, self.world = rank, world
+        self.batch_size = batch_size * world  # the global batch
+        self.seed = seed
         self.mode = mode
+        self.epoch = 0
+        self.skip = 0
         self.bins = pack_bins(self.lengths.tolist(), capacity) if mode == "packing" else None
-        units = len(self.bins) if self.bins is not None else len(self.lengths)
-        self.drop_last = drop_last and units >= batch_size
+        self.drop_last = (drop_last or world > 1) and self._units() >= self.batch_size
 
     def _units(self) -> int:
         return len(self.bins) if self.bins is not None else len(self.lengths)
@@ -192,29 +200,37 @@ class TrainBatches:
         n = self._units()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Iterate epoch ``epoch`` next, starting after its first ``skip`` batches."""
+        self.epoch, self.skip = epoch, skip
+
     def _chunks(self, order: list[Any]) -> list[list[Any]]:
         chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.drop_last and chunks and len(chunks[-1]) < self.batch_size:
             chunks = chunks[:-1]
         return chunks
 
-    def __iter__(self):
-        perm = torch.randperm(self._units(), generator=self.generator).tolist()
+    def epoch_batches(self, epoch: int) -> list[list[Any]]:
+        """Every global batch of ``epoch``, in order."""
+        generator = torch.Generator().manual_seed(hash((self.seed, epoch)) & 0x7FFFFFFF)
+        perm = torch.randperm(self._units(), generator=generator).tolist()
         if self.bins is not None:
-            yield from self._chunks([self.bins[i] for i in perm])
-            return
+            return self._chunks([self.bins[i] for i in perm])
         if self.mode == "group_by_length":
             # Sort within windows of 50 batches so similar lengths share a batch, then shuffle the batches.
             window = 50 * self.batch_size
             order = []
             for start in range(0, len(perm), window):
-                part = perm[start : start + window]
-                order += sorted(part, key=lambda i: -self.lengths[i])
+                order += sorted(perm[start : start + window], key=lambda i: -self.lengths[i])
             chunks = self._chunks(order)
-            shuffle = torch.randperm(len(chunks), generator=self.generator).tolist()
-            yield from (chunks[i] for i in shuffle)
-            return
-        yield from self._chunks(perm)
+            return [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
+        return self._chunks(perm)
+
+    def __iter__(self):
+        batches = self.epoch_batches(self.epoch)[self.skip :]
+        self.skip = 0
+        for batch in batches:
+            yield batch[self.rank :: self.world] if self.world > 1 else batch
 
 
 def padding_share(lengths: np.ndarray, batches: Sequence[Sequence[Any]]) -> float:

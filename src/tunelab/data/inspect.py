@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-
 from tunelab.config import RunConfig
 from tunelab.data.collate import TrainBatches, padding_share
 from tunelab.data.tokenize import EncodedSplit
@@ -102,7 +100,7 @@ def epoch_padding(lengths: np.ndarray, cfg: RunConfig) -> dict[str, float]:
         plan = TrainBatches(
             lengths,
             batch,
-            torch.Generator().manual_seed(0),
+            0,
             drop_last=False,
             mode=mode,
             capacity=cfg.tokenizer.max_length,

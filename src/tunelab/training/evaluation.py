@@ -1,8 +1,9 @@
-"""Evaluations before, during and after training; the best one; the before/after comparison."""
+"""Evaluations before, during and after training; the best one; early stopping; the before/after comparison."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from tunelab.config import LOWER_IS_BETTER
@@ -14,7 +15,7 @@ from tunelab.training.setup import TrainSetup
 from tunelab.training.state import TrainState
 
 
-def is_better(value: float, best: float | None, metric: str) -> bool:
+def is_better(value: float | None, best: float | None, metric: str) -> bool:
     """Whether ``value`` improves on ``best`` for ``metric`` (NaN never does)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return False
@@ -24,46 +25,74 @@ def is_better(value: float, best: float | None, metric: str) -> bool:
 
 
 class Evaluator:
-    """Runs validation, tracks the best evaluation and keeps its weights when asked to."""
+    """Runs validation, tracks the best evaluation (keeping its weights when asked to) and counts patience.
 
-    def __init__(self, s: TrainSetup, run: RunDirectory, console: Any):
+    With several processes only the main one evaluates; the others receive its metrics, so every process takes the
+    same early-stopping decision.
+    """
+
+    def __init__(self, s: TrainSetup, run: RunDirectory | None, console: Any):
         self.s = s
         self.run_dir = run
         self.console = console
-        self.metric = s.cfg.prediction.metric
-        self.key = self.metric.lower()
+        self.key = s.cfg.best_metric()
+        self.keep_best = s.cfg.training.save_best_checkpoint or s.cfg.training.load_best_model_at_end
         self.before: EvalResult | None = None
         self.last: EvalResult | None = None
         self.last_step: int | None = None
         self.best: EvalResult | None = None
         self.final_best_step: int | None = None
+        self.stale = 0  # evaluations since the last improvement
 
     @property
-    def best_path(self):
+    def best_path(self) -> Path:
+        assert self.run_dir is not None
         return self.run_dir.path / "checkpoints" / "best" / "trained_weights.safetensors"
 
-    def evaluate(self) -> EvalResult:
-        return self.s.problem.evaluate(self.s.model, self.s.data.validation, self.s.data.validation_examples)
+    @property
+    def main(self) -> bool:
+        return self.s.accelerator.is_main_process
+
+    def _evaluate(self) -> EvalResult:
+        """Evaluate on the main process and share the metrics with the others."""
+        from accelerate.utils import broadcast_object_list
+
+        result = None
+        if self.main:
+            result = self.s.problem.evaluate(self.s.model, self.s.data.validation, self.s.data.validation_examples)
+        if self.s.accelerator.num_processes > 1:
+            shared = [result.metrics if result else None]
+            broadcast_object_list(shared)
+            result = result or EvalResult(shared[0], [])
+        assert result is not None
+        return result
 
     def run(self, state: TrainState, phase: str) -> EvalResult:
         """Evaluate now; ``phase`` is "before" (the untouched backbone) or "during"."""
         self.console.print(f"evaluating ({phase} training) on {len(self.s.data.validation)} rows ...")
-        result = self.evaluate()
+        result = self._evaluate()
         if phase == "before":
             self.before = result
             return result
         self.last, self.last_step = result, state.step
         if self.key not in result.metrics:
             # Raw-text data has nothing to generate, so no BLEU: the best checkpoint follows perplexity instead.
-            self.metric, self.key = "Perplexity", "perplexity"
-        if is_better(result.metrics.get(self.key), state.best_metric, self.metric):
+            self.key = "perplexity"
+        if is_better(result.metrics.get(self.key), state.best_metric, self.key):
             state.best_metric = result.metrics[self.key]
             state.best_step = state.step
             state.best_metrics = dict(result.metrics)
             self.best = result
-            if self.s.cfg.training.save_best_checkpoint:
+            self.stale = 0
+            if self.keep_best and self.main:
                 self._save_best()
+        else:
+            self.stale += 1
         return result
+
+    def should_stop_early(self) -> bool:
+        patience = self.s.cfg.training.early_stopping_patience
+        return patience > 0 and self.stale >= patience
 
     def _save_best(self) -> None:
         from safetensors.torch import save_file
@@ -73,21 +102,45 @@ class Evaluator:
             save_file(state, str(tmp))
 
     def finish(self, state: TrainState) -> EvalResult:
-        """The evaluation of the model as it will be saved: the last one, or the best with save_best_checkpoint."""
+        """The evaluation of the model as it will be saved: the last one, or the best one when keeping the best."""
         if self.last_step != state.step:
             self.run(state, "during")
-        if self.s.cfg.training.save_best_checkpoint and self.best is not None and state.best_step != state.step:
+        if self.keep_best and self.best is not None and state.best_step != state.step and self.best_path.is_file():
             from safetensors.torch import load_file
 
             self.s.model.load_state_dict(load_file(str(self.best_path)), strict=False)
             self.console.print(
-                f"keeping the best checkpoint (step {state.best_step}, {self.metric} {state.best_metric:.4g})"
+                f"keeping the best checkpoint (step {state.best_step}, {self.key} {state.best_metric:.4g})"
             )
             self.last = self.best
         assert self.last is not None
         self.final_best_step = state.best_step
         return self.last
 
+    # ------------------------------------------------------------------ checkpoint state
+    def to_state(self) -> dict[str, Any]:
+        """What a checkpoint needs to continue evaluating as if never interrupted."""
+
+        def pack(r: EvalResult | None) -> dict[str, Any] | None:
+            return None if r is None else {"metrics": r.metrics, "rows": r.rows}
+
+        return {
+            "before": pack(self.before),
+            "best": pack(self.best),
+            "last": pack(self.last),
+            "last_step": self.last_step,
+            "stale": self.stale,
+            "key": self.key,
+        }
+
+    def load_state(self, saved: dict[str, Any]) -> None:
+        def unpack(d: dict[str, Any] | None) -> EvalResult | None:
+            return None if d is None else EvalResult(d["metrics"], d["rows"])
+
+        self.before, self.best, self.last = unpack(saved["before"]), unpack(saved["best"]), unpack(saved["last"])
+        self.last_step, self.stale, self.key = saved["last_step"], saved["stale"], saved["key"]
+
+    # ------------------------------------------------------------------ results
     def metrics_summary(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
         if self.before is not None:

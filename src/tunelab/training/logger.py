@@ -1,43 +1,120 @@
-"""Training logs: metrics.jsonl, TensorBoard, console lines and a progress bar."""
+"""Training logs: metrics.jsonl, TensorBoard (always), MLflow and W&B (when configured), console lines, a progress
+bar."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tunelab.io import append_jsonl
+from tunelab.io import append_jsonl, write_text_atomic
 from tunelab.rundir import RunDirectory
 from tunelab.training.state import TrainState
 
 
-class MetricLogger:
-    """Aggregates training steps between log points and writes one record per logged step."""
+class Trackers:
+    """TensorBoard, plus MLflow and Weights & Biases when listed in ``environment.trackers`` and importable."""
 
-    def __init__(self, run: RunDirectory, console: Any):
+    def __init__(self, run: RunDirectory, names: list[str], config: dict[str, Any], console: Any):
         from torch.utils.tensorboard import SummaryWriter
 
+        self.tensorboard = SummaryWriter(log_dir=str(run.logs))
+        self.mlflow = self.wandb = None
+        if "mlflow" in names:
+            try:
+                import mlflow
+
+                mlflow.set_experiment(config.get("output_directory", "tunelab"))
+                mlflow.start_run(run_name=config.get("experiment_name"))
+                mlflow.log_params(_flat(config))
+                self.mlflow = mlflow
+            except ImportError:
+                console.print("[yellow]mlflow is not installed: logging to TensorBoard only[/]")
+        if "wandb" in names:
+            try:
+                import wandb
+
+                self.wandb = wandb.init(name=config.get("experiment_name"), config=config, dir=str(run.logs))
+            except ImportError:
+                console.print("[yellow]wandb is not installed: logging to TensorBoard only[/]")
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        for key, value in values.items():
+            self.tensorboard.add_scalar(key, value, step)
+        self.tensorboard.flush()
+        if self.mlflow is not None:
+            self.mlflow.log_metrics({k.replace("/", "_"): v for k, v in values.items()}, step=step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def close(self) -> None:
+        self.tensorboard.close()
+        if self.mlflow is not None:
+            self.mlflow.end_run()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+class MetricLogger:
+    """Aggregates training steps between log points and writes one record per logged step.
+
+    Args:
+        run: the run directory.
+        console: where log lines go.
+        enabled: False on every process but the main one (they log nothing).
+    """
+
+    def __init__(
+        self,
+        run: RunDirectory,
+        console: Any,
+        enabled: bool = True,
+        trackers: list[str] | None = None,
+        config: dict[str, Any] | None = None,
+    ):
         self.run = run
         self.console = console
-        self.writer = SummaryWriter(log_dir=str(run.logs))
+        self.enabled = enabled
+        self.trackers = Trackers(run, trackers or ["tensorboard"], config or {}, console) if enabled else None
         self.last: dict[str, Any] = {}
         self._reset()
 
     def _reset(self) -> None:
-        self._loss_sum = 0.0
-        self._units = 0
-        self._tokens = 0
-        self._trained = 0
-        self._seconds = 0.0
+        self.acc = {"loss_sum": 0.0, "units": 0, "tokens": 0, "seconds": 0.0}
 
     def add(self, loss: float, units: int, tokens: int, seconds: float) -> None:
         """Account one optimizer step (mean loss over ``units`` trained units)."""
-        self._loss_sum += loss * units
-        self._units += units
-        self._tokens += tokens
-        self._trained += units
-        self._seconds += seconds
+        self.acc["loss_sum"] += loss * units
+        self.acc["units"] += units
+        self.acc["tokens"] += tokens
+        self.acc["seconds"] += seconds
+
+    def to_state(self) -> dict[str, Any]:
+        """The steps accumulated since the last log point, so a resumed run logs the same numbers."""
+        return dict(self.acc)
+
+    def load_state(self, saved: dict[str, Any], step: int) -> None:
+        """Restore the accumulators and drop log records written after the checkpoint's ``step``."""
+        self.acc = dict(saved)
+        if self.enabled and self.run.metrics_jsonl.is_file():
+            kept = [
+                line
+                for line in self.run.metrics_jsonl.read_text(encoding="utf-8").splitlines()
+                if line.strip() and _step_of(line) <= step
+            ]
+            write_text_atomic(self.run.metrics_jsonl, "".join(line + "\n" for line in kept))
 
     def write(
         self,
@@ -49,26 +126,29 @@ class MetricLogger:
     ) -> None:
         """Write the record of this step: training numbers (if ``train``) and eval_* metrics (if given)."""
         record: dict[str, Any] = {"step": state.step, "epoch": round(epoch, 4)}
-        if train and self._units:
-            seconds = max(self._seconds, 1e-9)
+        if train and self.acc["units"]:
+            seconds = max(self.acc["seconds"], 1e-9)
             record.update(
-                loss=self._loss_sum / self._units,
+                loss=self.acc["loss_sum"] / self.acc["units"],
                 learning_rate=lr,
-                tokens_per_s=self._tokens / seconds,
-                trained_tokens_per_s=self._trained / seconds,
+                tokens_per_s=self.acc["tokens"] / seconds,
+                trained_tokens_per_s=self.acc["units"] / seconds,
             )
             self._reset()
         if eval_metrics:
             record.update({f"eval_{k}": v for k, v in eval_metrics.items()})
-        if len(record) == 2:
+        if len(record) == 2 or not self.enabled:
             return
         append_jsonl(self.run.metrics_jsonl, _finite(record))
-        for key, value in record.items():
-            if key not in ("step", "epoch") and isinstance(value, (int, float)) and math.isfinite(value):
-                self.writer.add_scalar(
-                    key.replace("eval_", "eval/") if key.startswith("eval_") else f"train/{key}", value, state.step
-                )
-        self.writer.flush()
+        assert self.trackers is not None
+        self.trackers.log(
+            {
+                (f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"): v
+                for k, v in record.items()
+                if k not in ("step", "epoch") and isinstance(v, (int, float)) and math.isfinite(v)
+            },
+            state.step,
+        )
         if "loss" in record:
             self.last = record
             self.console.print(
@@ -79,7 +159,15 @@ class MetricLogger:
             self.console.print("eval: " + ", ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items()))
 
     def close(self) -> None:
-        self.writer.close()
+        if self.trackers is not None:
+            self.trackers.close()
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, ValueError):
+        return 1 << 62  # a damaged line (cut by a crash) is dropped
 
 
 def _finite(record: dict[str, Any]) -> dict[str, Any]:
@@ -102,7 +190,7 @@ class _Progress:
 
 @contextmanager
 def progress_bar(console: Any, total: int) -> Iterator[_Progress]:
-    """A rich progress bar with loss, learning rate and tokens/s (silent on a quiet console)."""
+    """A rich progress bar with loss, learning rate and tokens/s (silent on a quiet or non-terminal console)."""
     if console.quiet or not console.is_terminal:
         yield _Progress(None, None)
         return

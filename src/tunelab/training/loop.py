@@ -1,10 +1,12 @@
-"""``train()``: one plain loop for every problem type."""
+"""``train()``: one plain loop for every problem type, resumable exactly from its last checkpoint."""
 
 from __future__ import annotations
 
-import logging
+import json
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,12 +16,14 @@ import torch
 from tunelab.config import RunConfig
 from tunelab.io import write_json_atomic
 from tunelab.rundir import RunDirectory
+from tunelab.runs import RunRegistry, config_hash
+from tunelab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tunelab.training.evaluation import Evaluator
+from tunelab.training.fingerprint import check_fingerprints, fingerprints
+from tunelab.training.guards import StopOnInterrupt, TrainingStopped, check_step
 from tunelab.training.logger import MetricLogger, progress_bar
 from tunelab.training.setup import TrainSetup, resolve_seed, setup
 from tunelab.training.state import TrainState
-
-log = logging.getLogger("tunelab")
 
 
 @dataclass
@@ -31,6 +35,7 @@ class RunResult:
     trainable_parameters: int
     total_parameters: int
     examples: list[dict[str, Any]] = field(default_factory=list)  # before/after answers on validation rows
+    run_id: str | None = None
 
     @property
     def trainable_share(self) -> float:
@@ -49,134 +54,237 @@ def accumulation_windows(loader: Any, size: int) -> Iterator[list[dict[str, torc
         yield window
 
 
-def train_step(s: TrainSetup, window: list[dict[str, torch.Tensor]]) -> tuple[float, int, int]:
-    """One optimizer step over an accumulation window.
+def train_step(
+    s: TrainSetup, window: list[dict[str, torch.Tensor]], state: TrainState | None = None
+) -> tuple[float, int, int, bool]:
+    """One optimizer step over an accumulation window, on every process.
 
-    The loss is normalised by the trained units (tokens, or rows) of the whole window, so every trained token
-    weighs the same whatever micro-batch it lands in.
+    The loss is normalised by the trained units (tokens, or rows) of the whole window across all processes, so
+    every trained token weighs the same whatever micro-batch or process it lands in.
 
     Returns:
-        (mean loss per trained unit, trained units, input tokens).
+        (mean loss per trained unit, trained units, input tokens, whether the step was applied).
     """
-    device = s.accelerator.device
-    units = sum(int(b["num_trained"]) for b in window)
+    acc = s.accelerator
+    device = acc.device
+    local_units = sum(int(b["num_trained"]) for b in window)
+    units = int(acc.reduce(torch.tensor(local_units, device=device), "sum")) if acc.num_processes > 1 else local_units
     tokens = sum(int(b["attention_mask"].sum()) for b in window)
-    total = 0.0
-    for batch in window:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        loss_sum, _ = s.loss_module(batch)
-        s.accelerator.backward(loss_sum / max(units, 1))
-        total += float(loss_sum.detach())
-    if s.cfg.training.gradient_clip > 0:
-        s.accelerator.clip_grad_norm_(s.loss_module.parameters(), s.cfg.training.gradient_clip)
-    s.optimizer.step()
-    s.scheduler.step()
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    # DDP averages gradients over processes: scale back up so the result is the sum over the global window.
+    scale = acc.num_processes / max(units, 1)
+    for i, batch in enumerate(window):
+        batch = {k: v.to(device) for k, v in batch.items() if k != "rows"}
+        sync = acc.no_sync(s.loss_module) if i < len(window) - 1 and acc.num_processes > 1 else nullcontext()
+        with sync:
+            loss_sum, _ = s.loss_module(batch)
+            acc.backward(loss_sum * scale)
+        total += loss_sum.detach().double()
+    if acc.num_processes > 1:
+        total = acc.reduce(total, "sum")
+    loss = float(total) / max(units, 1)
+    clip = s.cfg.training.gradient_clip
+    grad_norm = float(acc.clip_grad_norm_(s.loss_module.parameters(), clip if clip > 0 else float("inf")))
+    apply = True
+    if state is not None:
+        rows = [int(r) for b in window for r in b.get("rows", torch.tensor([])).tolist()]
+        apply = check_step(state, loss, grad_norm, units, s.cfg.training.max_nan_skips, rows)
+    if apply:
+        s.optimizer.step()
+        s.scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
-    return total / max(units, 1), units, tokens
+    return loss, units, tokens, apply
 
 
-def train(cfg: RunConfig, force: bool = False, console: Any = None, check: bool = True) -> RunResult:
+def train(
+    cfg: RunConfig,
+    force: bool = False,
+    console: Any = None,
+    check: bool = True,
+    resume_from: str | Path | None = None,
+    allow_changes: bool = False,
+    on_eval: Callable[[int, dict[str, float]], None] | None = None,
+) -> RunResult:
     """Train and evaluate one run; everything it produces goes into its run directory.
 
     Args:
-        cfg: the validated run config.
+        cfg: the validated run config (for a resume: the run's own config, possibly with overrides).
         force: replace an existing run directory of the same name.
         console: a rich console for progress output (a quiet one is made when None).
         check: stop on data the contract check rejects (``--no-check`` turns this off).
+        resume_from: a run directory to continue from its last complete checkpoint.
+        allow_changes: resume even though the config or data changed since the checkpoint (with a warning).
+        on_eval: called with (step, metrics) after every evaluation during training; it may raise to stop the run.
 
     Returns:
         The run's metrics and locations.
 
     Raises:
-        TunelabError: for bad input (data, config, model), before any training step.
+        TunelabError: for bad input (data, config, model) before any training step; TrainingFailed when a
+            guardrail stops the run; TrainingStopped on Ctrl-C (after a checkpoint).
     """
     from rich.console import Console
 
     console = console or Console(quiet=True)
-    RunDirectory.check_free(cfg, force=force)
-    seed = resolve_seed(cfg.environment.seed)
-    cfg = cfg.model_copy(deep=True)
-    cfg.environment.seed = seed  # the saved config reproduces this run
+    checkpoint = None
+    if resume_from is not None:
+        run = RunDirectory(resume_from)
+        checkpoint = latest_checkpoint(run.path)
+        saved = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+        seed = saved["train_state"]["seed"]
+        cfg = cfg.model_copy(deep=True)
+        cfg.environment.seed = seed
+        fp = fingerprints(cfg)
+        check_fingerprints(saved["fingerprints"], fp, allow_changes, console)
+    else:
+        RunDirectory.check_free(cfg, force=force)
+        seed = resolve_seed(cfg.environment.seed)
+        cfg = cfg.model_copy(deep=True)
+        cfg.environment.seed = seed  # the saved config reproduces this run
+        fp = fingerprints(cfg)
     # Everything that can be wrong with the input (model, tokenizer, data) fails here, before anything is written.
     s = setup(cfg, seed, check=check, console=console)
-    run = RunDirectory.create(cfg, force=force)
-    run.save_config(cfg)
-    write_json_atomic(run.path / "data_check.json", s.report.to_dict())
-    console.print(
-        f"[bold]{cfg.experiment_name}[/]: {cfg.problem_type} on {cfg.llm_backbone} "
-        f"({cfg.training.adapter}); {s.parameters.describe()}"
-    )
-    console.print(
-        f"data: {len(s.data.train)} training rows, {len(s.data.validation)} validation rows; "
-        f"{s.total_steps} optimizer steps of {cfg.training.batch_size} rows × "
-        f"{cfg.training.grad_accumulation}"
-    )
-    info: dict[str, Any] = {
-        "status": "running",
-        "seed": seed,
-        "problem_type": cfg.problem_type,
-        "adapter": cfg.training.adapter,
-        "started": time.time(),
-        "backbone_source": s.backbone_source,
-        "trainable_parameters": s.parameters.trainable,
-        "total_parameters": s.parameters.total,
-        "trainable_share": s.parameters.share,
-        **s.data.info,
-    }
-    run.save_info(info)
+    main = s.accelerator.is_main_process
+    if not main:
+        console = Console(quiet=True)
+    if checkpoint is None:
+        run = RunDirectory.create(cfg, force=force) if main else RunDirectory(cfg.run_dir)
+        if main:
+            run.save_config(cfg)
+            write_json_atomic(run.path / "data_check.json", s.report.to_dict())
+    s.accelerator.wait_for_everyone()
+    info = _start_info(s, run, checkpoint is not None) if main else {}
+    registry = RunRegistry(cfg.output_directory) if main else None
+    run_id = _register(registry, run, cfg, info) if main else None
     try:
-        state, evaluator = fit(s, run, console)
-        run.save_model(s.model, s.tokenizer, cfg.training.adapter)
-        s.problem.save(run.path)
+        state, evaluator = fit(s, run, console, fp, checkpoint, on_eval)
         metrics = evaluator.metrics_summary()
-        run.save_metrics(metrics)
-        run.save_predictions(evaluator.prediction_rows())
-        if s.data.test is not None:
-            test = s.problem.evaluate(s.model, s.data.test, s.data.test_examples)
-            metrics["test"] = test.metrics
-            run.save_metrics(metrics)
-            run.save_predictions(test.rows, "test_predictions.csv")
-            console.print("test: " + ", ".join(f"{k} {v:.4g}" for k, v in test.metrics.items()))
+        if main:
+            _save_results(s, run, evaluator, metrics, console)
     except BaseException as exc:
+        status = getattr(exc, "run_status", "stopped" if isinstance(exc, KeyboardInterrupt) else "failed")
+        if main:
+            info.update(status=status, finished=time.time(), error=f"{type(exc).__name__}: {exc}")
+            run.save_info(info)
+            registry.update(run_id, status=status, error=str(exc), ended=True)
+        raise
+    if main:
         info.update(
-            status="stopped" if isinstance(exc, KeyboardInterrupt) else "failed",
+            status="finished",
             finished=time.time(),
-            error=f"{type(exc).__name__}: {exc}",
+            steps=state.step,
+            epochs=state.epoch,
+            best_step=state.best_step,
+            early_stopped=state.early_stopped,
         )
         run.save_info(info)
-        raise
-    info.update(
-        status="finished", finished=time.time(), steps=state.step, epochs=state.epoch, best_step=state.best_step
+        registry.update(run_id, status="finished", metrics=metrics, ended=True)
+    s.accelerator.wait_for_everyone()
+    return RunResult(
+        run.path, metrics, s.parameters.trainable, s.parameters.total, evaluator.examples(2) if main else [], run_id
     )
-    run.save_info(info)
-    return RunResult(run.path, metrics, s.parameters.trainable, s.parameters.total, evaluator.examples(2))
 
 
-def fit(s: TrainSetup, run: RunDirectory, console: Any) -> tuple[TrainState, Evaluator]:
-    """The training loop: evaluate before, train for the planned steps with periodic evaluation, pick the result."""
+def _start_info(s: TrainSetup, run: RunDirectory, resumed: bool) -> dict[str, Any]:
     cfg = s.cfg
+    if resumed:
+        info = run.info()
+        info.update(status="running", resumed=info.get("resumed", 0) + 1)
+    else:
+        info = {
+            "status": "running",
+            "seed": s.seed,
+            "problem_type": cfg.problem_type,
+            "adapter": cfg.training.adapter,
+            "started": time.time(),
+            "backbone_source": s.backbone_source,
+            "trainable_parameters": s.parameters.trainable,
+            "total_parameters": s.parameters.total,
+            "trainable_share": s.parameters.share,
+            "processes": s.accelerator.num_processes,
+            "global_batch_size": cfg.training.batch_size * cfg.training.grad_accumulation * s.accelerator.num_processes,
+            **s.data.info,
+        }
+    run.save_info(info)
+    return info
+
+
+def _register(registry: RunRegistry, run: RunDirectory, cfg: RunConfig, info: dict[str, Any]) -> str:
+    if info.get("run_id"):
+        registry.update(info["run_id"], status="running")
+        return info["run_id"]
+    run_id = registry.add(
+        cfg.experiment_name, run.path, cfg.problem_type, cfg.llm_backbone, config_hash(cfg.to_dict()), pid=os.getpid()
+    )
+    info["run_id"] = run_id
+    run.save_info(info)
+    return run_id
+
+
+def _save_results(
+    s: TrainSetup, run: RunDirectory, evaluator: Evaluator, metrics: dict[str, Any], console: Any
+) -> None:
+    run.save_model(s.model, s.tokenizer, s.cfg.training.adapter)
+    s.problem.save(run.path)
+    run.save_metrics(metrics)
+    run.save_predictions(evaluator.prediction_rows())
+    if s.data.test is not None:
+        test = s.problem.evaluate(s.model, s.data.test, s.data.test_examples)
+        metrics["test"] = test.metrics
+        run.save_metrics(metrics)
+        run.save_predictions(test.rows, "test_predictions.csv")
+        console.print("test: " + ", ".join(f"{k} {v:.4g}" for k, v in test.metrics.items()))
+
+
+def fit(
+    s: TrainSetup,
+    run: RunDirectory,
+    console: Any,
+    fp: dict[str, Any],
+    checkpoint: Path | None = None,
+    on_eval: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[TrainState, Evaluator]:
+    """The training loop: evaluate before, train the planned steps with evaluations and checkpoints, pick the result."""
+    cfg, main = s.cfg, s.accelerator.is_main_process
     state = TrainState(seed=s.seed)
-    logger = MetricLogger(run, console)
+    logger = MetricLogger(run, console, enabled=main, trackers=cfg.environment.trackers, config=cfg.to_dict())
     evaluator = Evaluator(s, run, console)
-    if cfg.training.evaluate_before_training:
+    if checkpoint is not None:
+        saved = load_checkpoint(checkpoint, s.model, s.optimizer, s.scheduler)  # restores the RNG states too
+        state = TrainState.from_dict(saved["train_state"])
+        evaluator.load_state(saved["evaluator"])
+        logger.load_state(saved["logger"], state.step)
+        console.print(f"resuming {run.path} from step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
+    elif cfg.training.evaluate_before_training:
         before = evaluator.run(state, "before")
         logger.write(state, 0.0, None, train=False, eval_metrics=before.metrics)
-    eval_every = max(1, round(cfg.training.evaluation_epochs * s.steps_per_epoch))
+    per_epoch, ga = s.steps_per_epoch, cfg.training.grad_accumulation
+    eval_every = cfg.training.eval_steps or max(1, round(cfg.training.evaluation_epochs * per_epoch))
+    save_every = cfg.training.save_steps or (
+        round(cfg.training.save_epochs * per_epoch) if cfg.training.save_epochs > 0 else 0
+    )
     s.loss_module.train()
-    with progress_bar(console, s.total_steps) as progress:
-        while state.step < s.total_steps:
-            for window in accumulation_windows(s.loader, cfg.training.grad_accumulation):
+    with StopOnInterrupt() as interrupt, progress_bar(console, s.total_steps) as progress:
+        while state.step < s.total_steps and not state.early_stopped:
+            s.batches.set_epoch(state.epoch, skip=state.batch_in_epoch)
+            s.collator.epoch = state.epoch
+            for window in accumulation_windows(s.loader, ga):
                 started = time.perf_counter()
-                loss, units, tokens = train_step(s, window)
+                loss, units, tokens, applied = train_step(s, window, state)
+                state.batch_in_epoch += len(window)
+                if not applied:
+                    console.print(f"skipped a step with a NaN/inf loss or gradient ({state.nan_skips} so far)")
+                    continue
                 state.step += 1
                 state.tokens_seen += tokens
                 logger.add(loss, units, tokens, time.perf_counter() - started)
-                epoch = state.epoch + min(1.0, (state.step - state.epoch * s.steps_per_epoch) / s.steps_per_epoch)
+                epoch = state.epoch + state.batch_in_epoch / max(len(s.batches), 1)
                 last = state.step >= s.total_steps
                 eval_metrics = None
                 if state.step % eval_every == 0 or last:
                     eval_metrics = evaluator.run(state, "during").metrics
                     s.loss_module.train()
+                    state.early_stopped = evaluator.should_stop_early() and not last
                 logger.write(
                     state,
                     epoch,
@@ -184,10 +292,43 @@ def fit(s: TrainSetup, run: RunDirectory, console: Any) -> tuple[TrainState, Eva
                     train=state.step % cfg.training.logging_steps == 0 or last,
                     eval_metrics=eval_metrics,
                 )
+                if eval_metrics is not None and on_eval is not None:
+                    on_eval(state.step, eval_metrics)
                 progress.update(state.step, logger.last)
-                if last:
+                if (save_every and state.step % save_every == 0) or interrupt.requested:
+                    _checkpoint(s, run, state, evaluator, logger, fp)
+                if interrupt.requested:
+                    raise TrainingStopped(
+                        f"stopped at step {state.step} after saving a checkpoint",
+                        file=str(run.path),
+                        hint=f"continue with: tunelab train --resume {run.path}",
+                    )
+                if last or state.early_stopped:
                     break
-            state.epoch += 1
+            else:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+    if state.early_stopped:
+        console.print(
+            f"early stopping at step {state.step}: no improvement of {evaluator.key} in "
+            f"{cfg.training.early_stopping_patience} evaluations"
+        )
     evaluator.finish(state)
     logger.close()
     return state, evaluator
+
+
+def _checkpoint(
+    s: TrainSetup, run: RunDirectory, state: TrainState, evaluator: Evaluator, logger: MetricLogger, fp: dict[str, Any]
+) -> None:
+    if s.accelerator.is_main_process:
+        payload = {
+            "train_state": state.to_dict(),
+            "evaluator": evaluator.to_state(),
+            "logger": logger.to_state(),
+            "fingerprints": fp,
+        }
+        save_checkpoint(
+            run.path, state.step, s.model, s.optimizer, s.scheduler, payload, keep=s.cfg.training.save_total_limit
+        )
+    s.accelerator.wait_for_everyone()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import secrets
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from tunelab.config import RunConfig
@@ -34,13 +36,24 @@ class LossModule(torch.nn.Module):
 
 
 class Collator:
-    """Picklable collate function: data-loader indices (or packed bins) -> a padded batch of one split."""
+    """Picklable collate function: data-loader indices (or packed bins) -> a padded batch of one split.
 
-    def __init__(self, problem: Any, split: EncodedSplit, train: bool, generator: torch.Generator | None = None):
-        self.problem, self.split, self.train, self.generator = problem, split, train, generator
+    Random choices in a batch (prompt-token masking) use a generator seeded from the run seed, the epoch and the
+    batch's rows, so a resumed run draws exactly what the uninterrupted one drew.
+    """
+
+    def __init__(self, problem: Any, split: EncodedSplit, train: bool, seed: int = 0):
+        self.problem, self.split, self.train, self.seed = problem, split, train, seed
+        self.epoch = 0
 
     def __call__(self, indices: list[Any]) -> dict[str, torch.Tensor]:
-        return self.problem.collate(self.split, list(indices), self.train, self.generator)
+        flat = np.asarray([i for item in indices for i in (item if isinstance(item, (list, tuple)) else [item])])
+        generator = torch.Generator().manual_seed(
+            zlib.crc32(flat.tobytes(), (self.seed * 31 + self.epoch) & 0xFFFFFFFF)
+        )
+        batch = self.problem.collate(self.split, list(indices), self.train, generator)
+        batch["rows"] = torch.from_numpy(self.split.rows[flat])  # source rows, for error messages
+        return batch
 
 
 class _Identity(torch.utils.data.Dataset):
@@ -70,6 +83,8 @@ class TrainSetup:
     optimizer: Any
     scheduler: Any
     loader: torch.utils.data.DataLoader
+    batches: TrainBatches
+    collator: Collator
     steps_per_epoch: int
     total_steps: int
     parameters: ParameterCount
@@ -109,15 +124,17 @@ def build_model(cfg: RunConfig, problem: Any, source: str) -> Any:
     return model
 
 
-def build_batches(cfg: RunConfig, split: EncodedSplit, generator: torch.Generator) -> TrainBatches:
-    """The training batch plan: shuffled rows, rows grouped by length, or packed bins."""
+def build_batches(cfg: RunConfig, split: EncodedSplit, seed: int, rank: int = 0, world: int = 1) -> TrainBatches:
+    """The training batch plan: shuffled rows, rows grouped by length, or packed bins (sharded across processes)."""
     return TrainBatches(
         split.lengths(),
         cfg.training.batch_size,
-        generator,
+        seed,
         cfg.training.drop_last_batch,
         mode=batching_mode(cfg),
         capacity=cfg.tokenizer.max_length,
+        rank=rank,
+        world=world,
     )
 
 
@@ -165,21 +182,27 @@ def setup(cfg: RunConfig, seed: int, check: bool = True, console: Any = None) ->
     )
     # The tokenizer comes before the data (rendering depends on it); the data before the model: a classification
     # head's size is the number of classes found, and bad data should fail before a model is loaded.
-    source, tokenizer, problem, data, report = prepare_data(cfg, check, console)
+    # Process 0 tokenises first; the others then read its cache.
+    with accelerator.main_process_first():
+        source, tokenizer, problem, data, report = prepare_data(
+            cfg, check, console if accelerator.is_main_process else None
+        )
     model = build_model(cfg, problem, source)
     parameters = count_parameters(model)
     # The optimizer comes after the adapter: it must see only the parameters that train.
     optimizer = build_optimizer(model, cfg.training)
-    generator = torch.Generator().manual_seed(seed)
-    batches = build_batches(cfg, data.train, generator)
+    batches = build_batches(cfg, data.train, seed, accelerator.process_index, accelerator.num_processes)
     steps_per_epoch, total_steps = count_steps(cfg, len(batches))
     warmup = round(cfg.training.warmup_epochs * steps_per_epoch)
     scheduler = build_scheduler(optimizer, cfg.training.schedule, total_steps, warmup)
+    collator = Collator(problem, data.train, train=True, seed=seed)
+    # The loader gets its own generator: creating an iterator must not draw from the global RNG (dropout's).
     loader = torch.utils.data.DataLoader(
         _Identity(len(data.train)),
         batch_sampler=batches,
-        collate_fn=Collator(problem, data.train, train=True, generator=generator),
+        collate_fn=collator,
         num_workers=cfg.environment.number_of_workers,
+        generator=torch.Generator().manual_seed(seed),
     )
     loss_module, optimizer = accelerator.prepare(LossModule(model, problem), optimizer)
     return TrainSetup(
@@ -195,6 +218,8 @@ def setup(cfg: RunConfig, seed: int, check: bool = True, console: Any = None) ->
         optimizer,
         scheduler,
         loader,
+        batches,
+        collator,
         steps_per_epoch,
         total_steps,
         parameters,

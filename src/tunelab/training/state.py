@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
 @dataclass
 class TrainState:
-    """Where training is: counts, the best evaluation so far, the seed in use."""
+    """Where training is: counts, position in the data, the best evaluation so far, the seed in use."""
 
     seed: int
     step: int = 0  # optimizer steps done
-    epoch: int = 0  # completed passes over the training data
-    micro_step: int = 0  # micro-batches done in the current epoch
+    epoch: int = 0  # the epoch in progress (0-based)
+    batch_in_epoch: int = 0  # micro-batches of the current epoch already consumed
     tokens_seen: int = 0
     best_metric: float | None = None
     best_step: int | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)
+    nan_skips: int = 0
+    zero_loss_steps: int = 0  # consecutive optimizer steps whose loss was exactly 0
+    early_stopped: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
