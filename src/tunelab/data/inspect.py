@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from tunelab.config import RunConfig
 from tunelab.data.collate import TrainBatches, padding_share
 from tunelab.data.tokenize import EncodedSplit
