@@ -51,33 +51,22 @@ def test_sst2_minilm_lora_example(tmp_path):
     assert metrics["after"]["accuracy"] >= 0.80
 
 
-@pytest.mark.parametrize("adapter", ["none", "head_only"])
-def test_sst2_full_and_head_only_train_the_classifier(tmp_path, adapter):
-    """Full fine-tuning and head-only training of MiniLM on SST-2 (600 rows, 1 epoch here) both learn."""
+@pytest.mark.parametrize("adapter,lr,gain", [("none", "1e-4", 0.25), ("head_only", "2e-2", 0.1)])
+def test_sst2_full_and_head_only_train_the_classifier(tmp_path, adapter, lr, gain):
+    """Full fine-tuning and head-only training of MiniLM on SST-2 (800 rows, 2 epochs here) both learn.
+
+    Measured on the full example (2,000 rows, 3 epochs): none 47.8% -> 86.8%, head_only 47.8% -> 66.6%.
+    """
     shared_file("sst2_train_5k.tsv")
-    lr = "5e-5" if adapter == "none" else "5e-3"
-    tunelab(
-        "train",
-        REPO / "examples" / "sst2_minilm_lora.yaml",
-        "--set",
-        f"output_directory={tmp_path}",
-        "--set",
-        f"training.adapter={adapter}",
-        "--set",
-        f"training.learning_rate={lr}",
-        "--set",
-        "dataset.data_sample=600",
-        "--set",
-        "dataset.validation_size=300",
-        "--set",
-        "training.epochs=1",
-        cwd=REPO,
-    )
+    tunelab("train", REPO / "examples" / "sst2_minilm_lora.yaml", "--set", f"output_directory={tmp_path}",
+            "--set", f"training.adapter={adapter}", "--set", f"training.learning_rate={lr}",
+            "--set", "dataset.data_sample=800", "--set", "dataset.validation_size=300", "--set", "training.epochs=2",
+            cwd=REPO)
     run = tmp_path / "sst2-minilm-lora"
     metrics = metrics_of(run)
     info = json.loads((run / "run.json").read_text())
-    assert metrics["after"]["accuracy"] > metrics["before"]["accuracy"] + 0.1
-    assert (info["trainable_share"] == 1.0) if adapter == "none" else (0 < info["trainable_share"] < 0.01)
+    assert metrics["after"]["accuracy"] >= metrics["before"]["accuracy"] + gain
+    assert (info["trainable_share"] == 1.0) if adapter == "none" else (0 < info["trainable_share"] < 0.001)
 
 
 def test_lamini_docs_smollm2_lora_short(tmp_path):
