@@ -186,8 +186,19 @@ class AugmentationConfig(Section):
 
 
 class ArchitectureConfig(Section):
-    backbone_dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float32", description="Data type the backbone weights are loaded in."
+    backbone_dtype: Literal["float32", "float16", "bfloat16", "int8", "int4"] = Field(
+        "float32",
+        description="Data type the backbone weights are loaded in; int8/int4 quantise them with bitsandbytes "
+        "(int4 + LoRA = QLoRA). Quantised backbones train adapters only.",
+    )
+    quantization: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type (backbone_dtype: int4).")
+    double_quantization: bool = Field(
+        True, description="Quantise the 4-bit quantisation constants too (saves ~0.4 bits per parameter)."
+    )
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Data type of the matrix products of a quantised backbone; 'auto' = bfloat16 where the device "
+        "supports it, else float32.",
     )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, about 30% slower."
@@ -202,9 +213,19 @@ class ArchitectureConfig(Section):
 
 class TrainingConfig(Section):
     loss_function: str = Field("CrossEntropy", description="Training loss.")
-    optimizer: Literal["AdamW", "Adam", "SGD", "RMSprop", "Adadelta"] = Field("AdamW", description="Optimizer.")
+    optimizer: Literal[
+        "AdamW", "Adam", "SGD", "RMSprop", "Adadelta", "AdamW8bit", "PagedAdamW", "PagedAdamW8bit", "Adafactor", "Lion"
+    ] = Field(
+        "AdamW",
+        description="Optimizer. AdamW is fused (or foreach) where torch supports it; AdamW8bit, PagedAdamW(8bit) "
+        "and Lion come from bitsandbytes, Adafactor from transformers.",
+    )
     learning_rate: float = Field(1e-4, gt=0, le=10, description="Peak learning rate.")
-    batch_size: int = Field(4, ge=1, le=65536, description="Rows per micro-batch.")
+    batch_size: int | Literal["auto"] = Field(
+        4,
+        description="Rows per micro-batch (per process); 'auto' = the largest batch (up to 32) that the memory planner "
+        "fits in environment.memory_budget, with gradient accumulation raised to keep at least 8 rows per step.",
+    )
     drop_last_batch: bool = Field(True, description="Drop the last incomplete training batch of each epoch.")
     epochs: int = Field(1, ge=0, le=10000, description="Passes over the training data.")
     max_steps: int = Field(
@@ -228,16 +249,32 @@ class TrainingConfig(Section):
         False,
         description="Batch rows of similar length together (less padding without packing); batches are still shuffled.",
     )
-    adapter: Literal["lora", "none", "head_only"] = Field(
+    adapter: Literal[
+        "lora", "ia3", "prefix_tuning", "prompt_tuning", "ln_tuning", "bitfit", "freeze", "head_only", "none"
+    ] = Field(
         "lora",
-        description="What is trained: 'lora' = LoRA adapters (plus the head for classification), "
-        "'none' = every weight (full fine-tune), 'head_only' = only the output head.",
+        description="What is trained: 'lora' (low-rank adapters; use_dora/use_rslora variants), 'ia3' (learned "
+        "activation scales), 'prefix_tuning' / 'prompt_tuning' (num_virtual_tokens soft tokens), 'ln_tuning' (norm "
+        "layers), 'bitfit' (biases), 'freeze' (trainable_layers / trainable_patterns), 'head_only' (the output "
+        "head), 'none' (every weight: full fine-tune). Classification heads always train.",
+    )
+    use_dora: bool = Field(False, description="DoRA: LoRA with a learned magnitude per output feature.")
+    use_rslora: bool = Field(False, description="rsLoRA: scale LoRA by lora_alpha / sqrt(lora_r).")
+    num_virtual_tokens: int = Field(
+        20, ge=1, le=1024, description="Soft tokens learned by prefix_tuning and prompt_tuning."
+    )
+    trainable_layers: int = Field(0, ge=0, description="freeze: train the last this many transformer layers.")
+    trainable_patterns: str = Field(
+        "", description="freeze: comma-separated regular expressions of parameter names that also train."
     )
     lora_r: int = Field(8, ge=1, le=4096, description="LoRA rank.")
     lora_alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = lora_alpha / lora_r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     lora_target_modules: str = Field(
-        "", description="Comma-separated module names LoRA adapts; empty = all linear layers except the output head."
+        "",
+        description="Modules LoRA/DoRA (and IA3) adapt: comma-separated names (q_proj,v_proj), a regular expression "
+        "matched against full module names, or all-linear; empty = all linear layers except the output head for LoRA, "
+        "peft's per-architecture default for IA3.",
     )
     save_best_checkpoint: bool = Field(
         False,
@@ -306,6 +343,9 @@ class EnvironmentConfig(Section):
         description="Autocast to bf16/fp16 during training: 'auto' turns it on where the device supports it (GPUs).",
     )
     number_of_workers: int = Field(0, ge=0, le=64, description="Data-loader worker processes.")
+    memory_budget: float = Field(
+        0.9, gt=0, le=1, description="Share of the device memory (GPU, else RAM) the planner may fill."
+    )
     seed: int = Field(-1, ge=-1, description="Random seed; -1 picks one at random. The seed actually used is recorded.")
     distributed: Literal["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = Field(
         "ddp",
@@ -421,6 +461,30 @@ class RunConfig(BaseModel):
                     f"{self.problem_type}; choose one of {', '.join(self.metric_names())}",
                 )
             )
+        quantised = self.architecture.backbone_dtype in ("int8", "int4")
+        if quantised and self.training.adapter in ("none", "bitfit", "freeze", "head_only"):
+            found.append(
+                (
+                    "training.adapter",
+                    f"a quantised ({self.architecture.backbone_dtype}) backbone cannot be "
+                    f"trained with '{self.training.adapter}'; use an adapter such as lora (QLoRA)",
+                )
+            )
+        if self.training.adapter in ("prefix_tuning", "prompt_tuning") and self.training.packing:
+            found.append(
+                (
+                    "training.packing",
+                    f"{self.training.adapter} adds soft tokens to every sequence and cannot be combined with packing",
+                )
+            )
+        if self.training.adapter == "freeze" and not (
+            self.training.trainable_layers or self.training.trainable_patterns or self.problem_type == "classification"
+        ):
+            found.append(
+                ("training.trainable_layers", "freeze trains nothing: set trainable_layers or trainable_patterns")
+            )
+        if (self.training.use_dora or self.training.use_rslora) and self.training.adapter != "lora":
+            found.append(("training.use_dora", "use_dora and use_rslora are LoRA options (training.adapter: lora)"))
         if self.problem_type == "causal_lm" and self.dataset.format == "preference":
             found.append(("dataset.format", "preference pairs train a reward or dpo problem, not causal_lm"))
         if self.problem_type == "causal_lm" and not self.dataset.answer_column:

@@ -4,7 +4,7 @@ Layout of ``output_directory/experiment_name/``::
 
     config.yaml                     the config that reproduces the run (with the seed actually used)
     run.json                        status, backbone, parameter counts, data sizes, timings
-    adapter/ | model/ | head/       what was trained: a peft adapter, a full transformers model, or the head's tensors
+    adapter/ | model/ | partial/    what was trained: a peft adapter, a full transformers model, or the trained tensors
     tokenizer/                      tokenizer with its chat template
     labels.json                     classes (classification)
     metrics.json                    {"before": {...}, "after": {...}, "best": {...}}
@@ -25,7 +25,7 @@ from tunelab.config import RunConfig, load_config, save_config
 from tunelab.errors import RunDirError
 from tunelab.io import atomic_path, write_json_atomic
 
-MODEL_DIRS = {"lora": "adapter", "none": "model", "head_only": "head"}
+MODEL_DIR_NAMES = ("adapter", "model", "partial")
 
 
 class RunDirectory:
@@ -107,7 +107,7 @@ class RunDirectory:
     @property
     def model_dir(self) -> Path | None:
         """The folder holding the trained weights, whichever kind the run saved."""
-        for name in MODEL_DIRS.values():
+        for name in MODEL_DIR_NAMES:
             if (self.path / name).is_dir():
                 return self.path / name
         return None
@@ -139,9 +139,9 @@ class RunDirectory:
 
     def save_model(self, model: Any, tokenizer: Any, adapter: str) -> Path:
         """Save the trained weights and tokenizer; each folder appears whole or not at all."""
-        from tunelab.models.adapters import save_trained
+        from tunelab.models.adapters import model_dir_name, save_trained
 
-        target = self.path / MODEL_DIRS[adapter]
+        target = self.path / model_dir_name(adapter)
         staging = self.path / f".{target.name}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         save_trained(model, staging, adapter)

@@ -10,7 +10,7 @@ import torch
 
 from tunelab.config import RunConfig
 from tunelab.models.adapters import load_trained
-from tunelab.models.load import load_backbone, load_tokenizer, resolve_backbone
+from tunelab.models.load import compute_dtype, load_backbone, load_tokenizer, quantization_config, resolve_backbone
 from tunelab.problems import build_problem
 from tunelab.rundir import RunDirectory
 
@@ -24,8 +24,13 @@ class LoadedRun:
     model: Any
 
 
-def load_run(path: str | Path, device: str | None = None) -> LoadedRun:
+def load_run(path: str | Path, device: str | None = None, full_precision: bool = False) -> LoadedRun:
     """The trained model of a run, ready for inference (eval mode).
+
+    Args:
+        path: the run directory.
+        device: where to put the model (default: a GPU when there is one).
+        full_precision: load a quantised run's backbone unquantised (for merging: never merge into 4-bit weights).
 
     Raises:
         RunDirError: when ``path`` is not a finished run.
@@ -42,12 +47,18 @@ def load_run(path: str | Path, device: str | None = None) -> LoadedRun:
     model_dir = run.model_dir
     assert model_dir is not None
     source = str(model_dir) if method == "none" else resolve_backbone(cfg.llm_backbone)
-    base = load_backbone(source, problem.auto_class(), dtype=cfg.architecture.backbone_dtype, **problem.model_kwargs())
+    arch = cfg.architecture
+    quantized = arch.backbone_dtype in ("int8", "int4")
+    dtype = compute_dtype(arch.compute_dtype) if quantized else arch.backbone_dtype
+    quantization = None if full_precision else quantization_config(arch)
+    base = load_backbone(source, problem.auto_class(), dtype=dtype, quantization=quantization, **problem.model_kwargs())
     if getattr(base.config, "pad_token_id", None) is None:
         base.config.pad_token_id = tokenizer.pad_token_id
     model = load_trained(base, model_dir, method)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
+    if quantization is None:
+        model.to(device)  # quantised weights were placed on their device when loaded
+    model.eval()
     return LoadedRun(run, cfg, tokenizer, problem, model)
 
 

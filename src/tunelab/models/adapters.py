@@ -1,7 +1,19 @@
-"""What gets trained: LoRA (through peft — the only module that imports it), the head alone, or everything."""
+"""What gets trained. The only module that talks to peft.
+
+Methods (``training.adapter``):
+
+- peft methods, saved in peft's format (``adapter/``): lora (with DoRA / rsLoRA), ia3, prefix_tuning, prompt_tuning,
+  ln_tuning;
+- selective methods, saved as the trained tensors (``partial/``): bitfit (biases), freeze (last N layers and/or name
+  patterns), head_only (the output head);
+- none: every weight (full fine-tune, saved as a transformers model in ``model/``).
+
+A classification head always trains. A method that does not fit the backbone or problem is refused with a reason.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +22,10 @@ import torch
 
 from tunelab.config import RunConfig
 from tunelab.errors import ConfigError
-from tunelab.models.heads import output_head
+from tunelab.models.heads import CLASSIFIER_NAMES, output_head
+
+PEFT_METHODS = ("lora", "ia3", "prefix_tuning", "prompt_tuning", "ln_tuning")
+PARTIAL_METHODS = ("bitfit", "freeze", "head_only")
 
 
 @dataclass(frozen=True)
@@ -27,16 +42,17 @@ class ParameterCount:
 
 
 def count_parameters(model: torch.nn.Module) -> ParameterCount:
-    """Trainable and total parameters, counting tied weights once."""
+    """Trainable and total parameters, counting tied weights once (4-bit weights count their real size)."""
     seen: set[int] = set()
     trainable = total = 0
     for param in model.parameters():
         if id(param) in seen:
             continue
         seen.add(id(param))
-        total += param.numel()
+        n = param.numel() * (2 if getattr(param, "quant_type", None) else 1)  # packed 4-bit: 2 values per byte
+        total += n
         if param.requires_grad:
-            trainable += param.numel()
+            trainable += n
     return ParameterCount(trainable, total)
 
 
@@ -46,70 +62,180 @@ def is_peft_model(model: Any) -> bool:
     return isinstance(model, PeftModel)
 
 
+def is_prompt_learning(model: Any) -> bool:
+    """Whether the model adds soft tokens (prefix/prompt tuning): its forward differs from the backbone's."""
+    return is_peft_model(model) and model.active_peft_config.is_prompt_learning
+
+
 def unwrap(model: Any) -> Any:
     """The transformers model inside a peft wrapper (the same object when there is none)."""
     return model.get_base_model() if is_peft_model(model) else model
 
 
-def _lora_targets(cfg: RunConfig) -> str | list[str]:
-    names = [n.strip() for n in cfg.training.lora_target_modules.split(",") if n.strip()]
-    return names or "all-linear"
+def target_modules(spec: str) -> str | list[str] | None:
+    """peft's target_modules from ``lora_target_modules``: None (default), 'all-linear', a regex, or names."""
+    spec = spec.strip()
+    if not spec:
+        return None
+    if spec == "all-linear" or any(ch in spec for ch in "*()[]|^$\\+?"):
+        return spec  # peft full-matches a string against module names
+    return [n.strip() for n in spec.split(",") if n.strip()]
+
+
+def _peft_config(cfg: RunConfig, task: Any, model: Any) -> Any:
+    import peft
+
+    t = cfg.training
+    targets = target_modules(t.lora_target_modules)
+    if t.adapter == "lora":
+        return peft.LoraConfig(
+            r=t.lora_r,
+            lora_alpha=t.lora_alpha,
+            lora_dropout=t.lora_dropout,
+            target_modules=targets or "all-linear",
+            use_dora=t.use_dora,
+            use_rslora=t.use_rslora,
+            task_type=task,
+        )
+    if t.adapter == "ia3":
+        return peft.IA3Config(target_modules=targets, task_type=task)
+    if t.adapter == "prefix_tuning":
+        return peft.PrefixTuningConfig(num_virtual_tokens=t.num_virtual_tokens, task_type=task)
+    if t.adapter == "prompt_tuning":
+        return peft.PromptTuningConfig(num_virtual_tokens=t.num_virtual_tokens, task_type=task)
+    return peft.LNTuningConfig(task_type=task, target_modules=norm_module_names(model))
+
+
+def norm_module_names(model: Any) -> list[str]:
+    """The names (last components) of the backbone's normalisation layers: LN tuning's targets on any architecture."""
+    return sorted(
+        {name.split(".")[-1] for name, module in model.named_modules() if "Norm" in type(module).__name__ and name}
+    )
 
 
 def apply_adapter(model: Any, cfg: RunConfig) -> Any:
     """Set which parameters train, per ``training.adapter``.
 
     Returns:
-        The model to train (a peft model for LoRA).
+        The model to train (a peft model for the peft methods).
 
     Raises:
-        ConfigError: when LoRA target modules are not in the backbone.
+        ConfigError: when the method does not fit this backbone or problem type.
     """
     method = cfg.training.adapter
+    classification = cfg.problem_type == "classification"
     if method == "none":
         for param in model.parameters():
             param.requires_grad_(True)
         return model
-    if method == "head_only":
+    if method in PARTIAL_METHODS:
         for param in model.parameters():
             param.requires_grad_(False)
-        for param in output_head(model, cfg.problem_type).parameters():
-            param.requires_grad_(True)
+        selected = _partial_selection(model, cfg)
+        if classification:
+            selected |= {
+                name for name, _ in output_head(model, "classification").named_parameters(prefix=_head_prefix(model))
+            }
+        params = dict(model.named_parameters())
+        for name in selected:
+            params[name].requires_grad_(True)
         return model
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import TaskType, get_peft_model
 
-    task = TaskType.SEQ_CLS if cfg.problem_type == "classification" else TaskType.CAUSAL_LM
-    lora = LoraConfig(
-        r=cfg.training.lora_r,
-        lora_alpha=cfg.training.lora_alpha,
-        lora_dropout=cfg.training.lora_dropout,
-        target_modules=_lora_targets(cfg),
-        task_type=task,
-    )
+    task = TaskType.SEQ_CLS if classification else TaskType.CAUSAL_LM
     try:
-        return get_peft_model(model, lora)
-    except ValueError as exc:
+        wrapped = get_peft_model(model, _peft_config(cfg, task, model))
+    except (ValueError, TypeError, NotImplementedError, AttributeError) as exc:
         raise ConfigError(
-            f"LoRA cannot adapt this backbone ({str(exc).splitlines()[0]})",
-            field="training.lora_target_modules",
-            hint="leave it empty to adapt all linear layers",
+            f"{method} cannot adapt this backbone ({str(exc).splitlines()[0]})",
+            field="training.lora_target_modules" if method in ("lora", "ia3") else "training.adapter",
+            hint="for lora leave lora_target_modules empty (all linear layers); for ia3 name the "
+            "modules, e.g. k_proj,v_proj,down_proj",
         ) from exc
+    return wrapped
+
+
+def _head_prefix(model: Any) -> str:
+    for name in CLASSIFIER_NAMES:
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            return name
+    return ""
+
+
+def transformer_layers(model: Any) -> torch.nn.ModuleList:
+    """The backbone's list of transformer blocks (the ModuleList as long as config.num_hidden_layers)."""
+    count = getattr(model.config, "num_hidden_layers", None)
+    for _, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise ConfigError(
+        "cannot find this backbone's transformer layers",
+        field="training.trainable_layers",
+        hint="use trainable_patterns instead",
+    )
+
+
+def _partial_selection(model: Any, cfg: RunConfig) -> set[str]:
+    """Names of the parameters a selective method trains (before the classification head is added)."""
+    t = cfg.training
+    names = [name for name, _ in model.named_parameters()]
+    if t.adapter == "head_only":
+        head = output_head(model, cfg.problem_type)
+        ids = {id(p) for p in head.parameters()}
+        return {name for name, p in model.named_parameters() if id(p) in ids}
+    if t.adapter == "bitfit":
+        biases = {n for n in names if n.endswith(".bias") and not _in_head(n)}
+        if not biases:
+            raise ConfigError(
+                "bitfit trains biases, and this backbone has none",
+                field="training.adapter",
+                hint="use lora or ln_tuning for this backbone",
+            )
+        return biases
+    selected: set[str] = set()
+    if t.trainable_layers:
+        layers = transformer_layers(model)
+        keep = {id(p) for layer in list(layers)[-t.trainable_layers :] for p in layer.parameters()}
+        selected |= {name for name, p in model.named_parameters() if id(p) in keep}
+    for pattern in (p.strip() for p in t.trainable_patterns.split(",") if p.strip()):
+        try:
+            regex = re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"not a regular expression ({exc})", field="training.trainable_patterns") from None
+        matched = {n for n in names if regex.search(n)}
+        if not matched:
+            raise ConfigError(
+                f"pattern '{pattern}' matches no parameter",
+                field="training.trainable_patterns",
+                hint=f"parameter names look like {names[len(names) // 2]}",
+            )
+        selected |= matched
+    return selected
+
+
+def _in_head(name: str) -> bool:
+    return name.split(".")[0] in CLASSIFIER_NAMES
 
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
-    """The trainable tensors by name (for head-only runs and best-checkpoint snapshots)."""
+    """The trainable tensors by name (for partial runs, checkpoints and best-checkpoint snapshots)."""
     return {name: param.detach().cpu().clone() for name, param in model.named_parameters() if param.requires_grad}
 
 
+def model_dir_name(method: str) -> str:
+    """The run-directory folder that holds what a method trained."""
+    return "adapter" if method in PEFT_METHODS else "model" if method == "none" else "partial"
+
+
 def save_trained(model: Any, run_model_dir: Path, method: str) -> None:
-    """Save what was trained: a peft adapter, the full model, or the head's tensors.
+    """Save what was trained: a peft adapter, the full model, or the trained tensors.
 
     ``run_model_dir`` is a fresh folder; callers rename it into place.
     """
     from safetensors.torch import save_file
 
     run_model_dir.mkdir(parents=True, exist_ok=True)
-    if method in ("lora", "none"):
+    if method in PEFT_METHODS or method == "none":
         model.save_pretrained(run_model_dir)  # peft adapter format / full transformers model
     else:
         state = {name: t.contiguous() for name, t in trainable_state(model).items()}
@@ -118,11 +244,11 @@ def save_trained(model: Any, run_model_dir: Path, method: str) -> None:
 
 def load_trained(base: Any, run_model_dir: Path, method: str) -> Any:
     """Put a run's trained weights onto a freshly loaded backbone (inverse of ``save_trained``)."""
-    if method == "lora":
+    if method in PEFT_METHODS:
         from peft import PeftModel
 
         return PeftModel.from_pretrained(base, str(run_model_dir))
-    if method == "head_only":
+    if method in PARTIAL_METHODS:
         from safetensors.torch import load_file
 
         state = load_file(str(run_model_dir / "trained_weights.safetensors"))

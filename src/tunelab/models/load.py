@@ -212,21 +212,72 @@ DROPOUT_FIELDS = (
 )
 
 
+def quantization_config(arch: Any) -> Any:
+    """bitsandbytes settings for ``architecture.backbone_dtype: int8 | int4`` (None for float types).
+
+    Raises:
+        ModelError: when bitsandbytes is not installed.
+    """
+    import torch
+
+    if arch.backbone_dtype not in ("int8", "int4"):
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelError(
+            "a quantised backbone needs bitsandbytes",
+            field="architecture.backbone_dtype",
+            hint="pip install bitsandbytes",
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    if arch.backbone_dtype == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=arch.quantization,
+        bnb_4bit_use_double_quant=arch.double_quantization,
+        bnb_4bit_compute_dtype=getattr(torch, compute_dtype(arch.compute_dtype)),
+    )
+
+
+def compute_dtype(setting: str) -> str:
+    """The matmul dtype of a quantised backbone: bfloat16 on GPUs that have it, float32 otherwise ('auto')."""
+    import torch
+
+    if setting != "auto":
+        return setting
+    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+
+
 def load_backbone(
-    source: str, auto_class: Any, *, dtype: str = "float32", dropout: float | None = None, **config_kwargs: Any
+    source: str,
+    auto_class: Any,
+    *,
+    dtype: str = "float32",
+    dropout: float | None = None,
+    quantization: Any = None,
+    **config_kwargs: Any,
 ) -> Any:
     """Load a pretrained model with ``auto_class`` (e.g. AutoModelForCausalLM).
 
     Args:
         source: local folder or hub id from ``resolve_backbone``.
         auto_class: the transformers auto class for the problem type.
-        dtype: weight dtype name.
+        dtype: weight dtype name (for quantised loading: the dtype of the weights left unquantised).
         dropout: when set, written to every dropout setting the backbone's config has.
+        quantization: a transformers BitsAndBytesConfig, or None.
         config_kwargs: extra config values (e.g. ``num_labels``).
     """
     import torch
     from transformers import AutoConfig
 
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype) if dtype not in ("int8", "int4") else torch.float32}
+    if quantization is not None:
+        kwargs.update(
+            quantization_config=quantization, device_map={"": 0} if torch.cuda.is_available() else {"": "cpu"}
+        )
     try:
         with quiet_transformers():
             config = AutoConfig.from_pretrained(source, **config_kwargs)
@@ -234,7 +285,7 @@ def load_backbone(
                 for name in DROPOUT_FIELDS:
                     if isinstance(getattr(config, name, None), (int, float)):
                         setattr(config, name, dropout)
-            model = auto_class.from_pretrained(source, config=config, dtype=getattr(torch, dtype))
+            model = auto_class.from_pretrained(source, config=config, **kwargs)
     except OSError as exc:
         if Path(source).exists():
             raise ModelError(f"could not load the model ({str(exc).splitlines()[0]})", file=source) from exc

@@ -16,13 +16,15 @@ from tunelab.data.readers import Record
 from tunelab.data.tokenize import EncodedSplit, SplitBuilder
 from tunelab.evaluate.metrics import compute_bleu, compute_perplexity, compute_sentence_bleu
 from tunelab.infer.generate import generate_batched
-from tunelab.models.adapters import unwrap
+from tunelab.models.adapters import is_prompt_learning, unwrap
 from tunelab.problems import PROBLEMS
 from tunelab.problems.base import EvalResult
 
 
 def _head_fast_path(model: Any) -> tuple[Any, Any] | None:
     """(decoder, lm_head) when logits are exactly ``lm_head(decoder(x))``; None when the model does more."""
+    if is_prompt_learning(model):
+        return None  # soft tokens are added by peft's own forward
     base = unwrap(model)
     config = base.config
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
@@ -132,7 +134,9 @@ class CausalLMProblem:
         inputs = model_inputs(batch)
         fast = _head_fast_path(model)
         if fast is None:
-            logits = model(**inputs).logits[:, :-1][trained]  # [trained, vocab]
+            logits = model(**inputs).logits
+            # Prompt tuning prepends soft tokens: keep the positions of the real tokens.
+            logits = logits[:, logits.shape[1] - labels.shape[1] - 1 : -1][trained]  # [trained, vocab]
         else:
             decoder, head = fast
             hidden = decoder(**inputs).last_hidden_state

@@ -17,7 +17,7 @@ from tunelab.data.inspect import DataReport, batching_mode, compute_report, enfo
 from tunelab.data.pipeline import DataSplits, build_splits, source_name
 from tunelab.data.tokenize import EncodedSplit
 from tunelab.models.adapters import ParameterCount, apply_adapter, count_parameters
-from tunelab.models.load import load_backbone, load_tokenizer, resolve_backbone
+from tunelab.models.load import load_backbone, load_tokenizer, quantization_config, resolve_backbone
 from tunelab.problems import build_problem
 from tunelab.training.optim import build_optimizer
 from tunelab.training.schedule import build_scheduler
@@ -104,19 +104,31 @@ def mixed_precision_mode(setting: Any) -> str:
 
 
 def build_model(cfg: RunConfig, problem: Any, source: str) -> Any:
-    """Load the backbone with the problem's head, configure it, and apply the adapter."""
+    """Load the backbone with the problem's head (quantised when asked), configure it, and apply the adapter."""
     arch = cfg.architecture
+    quantization = quantization_config(arch)
     model = load_backbone(
         source,
         problem.auto_class(),
         dtype=arch.backbone_dtype,
         dropout=arch.intermediate_dropout if arch.intermediate_dropout > 0 else None,
+        quantization=quantization,
         **problem.model_kwargs(),
     )
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = problem.tokenizer.pad_token_id
-    if arch.gradient_checkpointing:
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        # Norms and the head in float32, inputs that require grad: what training adapters on 4/8-bit weights needs.
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=arch.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif arch.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if arch.gradient_checkpointing:
         model.config.use_cache = False
     model = apply_adapter(model, cfg)
     if arch.force_embedding_gradients:
