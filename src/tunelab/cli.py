@@ -456,6 +456,44 @@ def tune(
     console.print(table)
 
 
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    fmt: str = typer.Option("merged", "--format", help="adapter, merged or gguf."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Export folder (default RUN_DIR/exports/...)."),
+    dtype: str = typer.Option("float32", "--dtype", help="Merged weights: float32, float16 or bfloat16."),
+    quant: str = typer.Option("q8_0", "--quant", help="GGUF tensors: f32, f16 or q8_0."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing export folder."),
+) -> None:
+    """Export a run (adapter, merged model or GGUF) with a model card and a parity check."""
+    from tunelab.infer.export import export_run
+
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise TunelabError(f"unknown dtype '{dtype}'", field="--dtype", hint="float32, float16 or bfloat16")
+    if quant not in ("f32", "f16", "q8_0"):
+        raise TunelabError(f"unknown GGUF type '{quant}'", field="--quant", hint="f32, f16 or q8_0")
+    folder, parity = export_run(run_dir, fmt, output, dtype, quant, force, console)
+    verdict = "[green]passed[/]" if parity.get("passed") else "[red]FAILED[/]"
+    details = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in parity.items()
+                        if k != "passed")
+    console.print(f"exported {fmt} to {folder}")
+    console.print(f"parity check {verdict}: {details}")
+    if not parity.get("passed"):
+        sys.exit(1)
+
+
+@app.command()
+def push(
+    folder: Path = typer.Argument(..., help="An export folder (from tunelab export)."),
+    repo_id: str = typer.Option(..., "--repo-id", help="Hub repository, e.g. me/my-model."),
+    public: bool = typer.Option(False, "--public", help="Make the repository public (private by default)."),
+) -> None:
+    """Upload an export to the Hugging Face hub (needs the network and a login)."""
+    from tunelab.infer.export import push_export
+
+    console.print(f"pushed: {push_export(folder, repo_id, private=not public)}")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -1,0 +1,230 @@
+"""Exports of a run: the adapter, a merged transformers model, or a GGUF file — each with a model card and a parity
+check against the trained model.
+
+Merging always happens on a full-precision backbone: a QLoRA run's base is loaded in 16/32-bit, the adapter merged
+into it, and the result saved. Weights are never merged into quantised ones.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.errors import TunelabError
+from tunelab.io import write_json_atomic, write_text_atomic
+from tunelab.models.adapters import PEFT_METHODS, is_peft_model, is_prompt_learning
+from tunelab.rundir import RunDirectory
+
+FORMATS = ("adapter", "merged", "gguf")
+PARITY_PROMPTS = 8
+PARITY_NEW_TOKENS = 24
+
+
+class ExportError(TunelabError):
+    """An export that cannot be made from this run."""
+
+
+def parity_examples(loaded: Any) -> list[dict[str, Any]]:
+    """Up to 8 validation examples of the run (re-read from its data, else taken from its predictions CSV)."""
+    from tunelab.data.pipeline import validation_data
+
+    try:
+        _, examples = validation_data(loaded.cfg, loaded.problem)
+    except TunelabError:
+        import csv
+
+        path = loaded.run.path / "validation_predictions.csv"
+        with open(path, encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        key = "text" if loaded.cfg.problem_type == "classification" else "messages"
+        examples = [{key: r["prompt"]} if key == "text" else {key: [{"role": "user", "content": r["prompt"]}]}
+                    for r in rows]
+    return examples[:PARITY_PROMPTS]
+
+
+@torch.inference_mode()
+def model_outputs(model: Any, loaded: Any, examples: list[dict[str, Any]]) -> dict[str, Any]:
+    """What parity compares: greedy answers and prompt logits (causal LM), or class probabilities."""
+    problem = loaded.problem
+    if loaded.cfg.problem_type == "classification":
+        return {"predictions": problem.predict(model, examples)}
+    from tunelab.infer.generate import generate_batched
+
+    prompts = problem.prompt_ids(examples)
+    settings = loaded.cfg.prediction.model_copy(update={"do_sample": False, "num_beams": 1, "min_length_inference": 0,
+                                                        "max_length_inference": PARITY_NEW_TOKENS})
+    answers = generate_batched(model, loaded.tokenizer, prompts, settings, batch_size=len(prompts))
+    device = next(model.parameters()).device
+    logits = [model(input_ids=torch.tensor([p], device=device)).logits[0, -1].float().cpu() for p in prompts]
+    return {"answers": answers, "prompts": prompts, "logits": torch.stack(logits)}
+
+
+def compare_outputs(reference: dict[str, Any], exported: dict[str, Any], tolerance: float) -> dict[str, Any]:
+    """Parity of two models' outputs: greedy answers must match, or logits agree within ``tolerance``."""
+    if "predictions" in reference:
+        labels = [r["prediction"] for r in reference["predictions"]] == [e["prediction"] for e in
+                                                                          exported["predictions"]]
+        diff = max(abs(r[k] - e[k]) for r, e in zip(reference["predictions"], exported["predictions"])
+                   for k in r if k.startswith("prob_"))
+        return {"prompts": len(reference["predictions"]), "labels_match": labels, "max_abs_prob_diff": diff,
+                "passed": labels and diff <= tolerance}
+    same = [a == b for a, b in zip(reference["answers"], exported["answers"])]
+    diff = float((reference["logits"] - exported["logits"]).abs().max())
+    top1 = float((reference["logits"].argmax(-1) == exported["logits"].argmax(-1)).float().mean())
+    return {"prompts": len(same), "greedy_matches": sum(same), "max_abs_logit_diff": diff, "top1_agreement": top1,
+            "tolerance": tolerance, "passed": all(same) or (diff <= tolerance and top1 == 1.0)}
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, dtype: str = "float32",
+               quant: str = "q8_0", force: bool = False, console: Any = None) -> tuple[Path, dict[str, Any]]:
+    """Export a finished run and check it against the trained model.
+
+    Args:
+        run_dir: the run directory.
+        fmt: "adapter", "merged" or "gguf".
+        out: the export folder (default ``RUN_DIR/exports/<fmt>``).
+        dtype: weight dtype of a merged export (float32, float16, bfloat16).
+        quant: GGUF tensor type (f32, f16, q8_0).
+        force: replace an existing export folder.
+        console: where progress lines go.
+
+    Returns:
+        (the export folder, the parity result).
+
+    Raises:
+        ExportError: for a format this run cannot be exported to.
+    """
+    from tunelab.infer.model import load_run
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format '{fmt}'", hint=f"use one of {', '.join(FORMATS)}")
+    run = RunDirectory.open(run_dir)
+    target = Path(out) if out else run.path / "exports" / (fmt if fmt != "gguf" else f"gguf-{quant}")
+    if target.exists() and any(target.iterdir()) and not force:
+        raise ExportError("the export folder already exists", file=str(target), hint="pass --force to replace it")
+    loaded = load_run(run.path, device="cpu", full_precision=True)
+    if fmt != "adapter" and is_prompt_learning(loaded.model):
+        raise ExportError(f"a {loaded.cfg.training.adapter} run adds soft tokens and cannot be merged into weights",
+                          hint="export it with --format adapter")
+    if fmt == "gguf" and loaded.cfg.problem_type != "causal_lm":
+        raise ExportError("GGUF export is for causal language models", hint="use --format merged")
+    loaded.model.float()
+    examples = parity_examples(loaded)
+    reference = model_outputs(loaded.model, loaded, examples)
+    staging = Path(tempfile.mkdtemp(prefix=".export.", dir=target.parent if target.parent.exists() else None))
+    try:
+        parity = _write(fmt, loaded, staging, dtype, quant, examples, reference)
+        write_json_atomic(staging / "parity.json", parity)
+        write_text_atomic(staging / "README.md", model_card(run, loaded, fmt, parity, dtype, quant))
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging), target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target, parity
+
+
+def _write(fmt: str, loaded: Any, folder: Path, dtype: str, quant: str, examples: list[dict[str, Any]],
+           reference: dict[str, Any]) -> dict[str, Any]:
+    """Write the export into ``folder`` and return its parity result."""
+    from tunelab.infer.model import load_run
+
+    if fmt == "adapter":
+        shutil.copytree(loaded.run.model_dir, folder, dirs_exist_ok=True)
+        loaded.tokenizer.save_pretrained(folder)
+        again = load_run(loaded.run.path, device="cpu", full_precision=True)
+        return compare_outputs(reference, model_outputs(again.model.float(), again, examples), 1e-5)
+    merged = loaded.model.merge_and_unload() if is_peft_model(loaded.model) else loaded.model
+    merged = merged.to(getattr(torch, dtype))
+    target = folder if fmt == "merged" else folder / ".merged"
+    merged.save_pretrained(target)
+    loaded.tokenizer.save_pretrained(target)
+    if fmt == "merged":
+        fresh = loaded.problem.auto_class().from_pretrained(target, dtype=torch.float32)
+        tolerance = 1e-4 if dtype == "float32" else 0.25
+        return compare_outputs(reference, model_outputs(fresh.eval(), loaded, examples), tolerance)
+    from tunelab.infer.gguf_export import compare_with_gguf, export_gguf
+
+    gguf_path = export_gguf(target, folder / f"model-{quant}.gguf", quant=quant)
+    result = compare_with_gguf(target, gguf_path, reference["prompts"])
+    shutil.rmtree(target)
+    tolerance = {"f32": 1e-3, "f16": 0.1, "q8_0": 1.0}.get(quant, 1.0)
+    result.update(tolerance=tolerance, passed=bool(result["greedy_match"] or (
+        result["max_abs_logit_diff"] <= tolerance and result["top1_agreement"] >= 0.99)))
+    return result
+
+
+def model_card(run: RunDirectory, loaded: Any, fmt: str, parity: dict[str, Any], dtype: str, quant: str) -> str:
+    """A README.md for the export: base model, method, data, metrics and the parity result."""
+    cfg = loaded.cfg
+    metrics = run.metrics()
+    info = run.info()
+    rows = "\n".join(f"| {name} | {metrics.get('before', {}).get(name, '-')} | {value} |"
+                     for name, value in metrics.get("after", {}).items())
+    what = {"adapter": f"the {cfg.training.adapter} adapter (load it onto the base model with peft)",
+            "merged": f"the full model with the {cfg.training.adapter} weights merged in ({dtype})",
+            "gguf": f"a GGUF file ({quant}) of the merged model, for llama.cpp and compatible runtimes"}[fmt]
+    return f"""---
+base_model: {cfg.llm_backbone}
+library_name: {"peft" if fmt == "adapter" and cfg.training.adapter in PEFT_METHODS else "transformers"}
+tags: [tunelab, {cfg.problem_type}, {cfg.training.adapter}]
+---
+
+# {cfg.experiment_name}
+
+Fine-tuned with [tunelab](https://github.com/tunelab) from **{cfg.llm_backbone}**. This folder holds {what}.
+
+- problem type: {cfg.problem_type}
+- method: {cfg.training.adapter} ({info.get('trainable_parameters', '?')} trainable parameters of
+  {info.get('total_parameters', '?')})
+- data: {cfg.dataset.train_dataframe} ({info.get('train_rows', '?')} training rows, {info.get('validation_rows', '?')}
+  validation rows)
+- training: {cfg.training.epochs} epoch(s), learning rate {cfg.training.learning_rate}, batch size
+  {cfg.training.batch_size}, seed {cfg.environment.seed}
+
+## Validation metrics
+
+| metric | before training | after training |
+|---|---|---|
+{rows}
+
+## Parity check
+
+The same {parity.get('prompts', PARITY_PROMPTS)} validation prompts through the trained model and this export:
+
+```json
+{json.dumps(parity, indent=2)}
+```
+"""
+
+
+def push_export(folder: str | Path, repo_id: str, private: bool = True) -> str:
+    """Upload an export folder to the Hugging Face hub.
+
+    Raises:
+        ExportError: when offline, not logged in, or the upload fails.
+    """
+    import os
+
+    folder = Path(folder)
+    if not (folder / "README.md").is_file():
+        raise ExportError("not an export folder (no README.md model card)", file=str(folder),
+                          hint="run 'tunelab export RUN_DIR --format merged' first")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ExportError("cannot push: offline mode is on (HF_HUB_OFFLINE=1)", hint="push from a machine online")
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id)
+    except Exception as exc:  # network, auth and hub errors all end here
+        raise ExportError(f"could not push to the hub ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+                          hint="check the network and 'huggingface-cli login'") from None
+    return str(getattr(commit, "commit_url", repo_id))
