@@ -474,8 +474,9 @@ def export(
         raise TunelabError(f"unknown GGUF type '{quant}'", field="--quant", hint="f32, f16 or q8_0")
     folder, parity = export_run(run_dir, fmt, output, dtype, quant, force, console)
     verdict = "[green]passed[/]" if parity.get("passed") else "[red]FAILED[/]"
-    details = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in parity.items()
-                        if k != "passed")
+    details = ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in parity.items() if k != "passed"
+    )
     console.print(f"exported {fmt} to {folder}")
     console.print(f"parity check {verdict}: {details}")
     if not parity.get("passed"):
@@ -492,6 +493,66 @@ def push(
     from tunelab.infer.export import push_export
 
     console.print(f"pushed: {push_export(folder, repo_id, private=not public)}")
+
+
+@app.command()
+def plan(
+    config: Path = typer.Argument(..., help="YAML config to plan."),
+    overrides: list[str] | None = SetOption,
+    probe: bool = typer.Option(False, "--probe", help="Also run 3 real steps: predicted vs measured."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """Predict the peak memory, FLOPs and step time of a config (no model weights are loaded)."""
+    import json as _json
+
+    from tunelab.config import load_config
+    from tunelab.plan import GB, build_plan, longest_batch, measure_steps
+    from tunelab.training.setup import prepare_data
+
+    cfg = load_config(config, overrides)
+    source, _, problem, data, report = prepare_data(cfg, check=False)
+    seq_len = longest_batch(data.train.lengths(), cfg)
+    if cfg.training.batch_size == "auto":
+        from tunelab.plan import choose_batch
+
+        cfg.training.batch_size, cfg.training.grad_accumulation = choose_batch(
+            cfg, problem, source, seq_len, report.trained_token_share or 0.5
+        )
+    result = build_plan(cfg, problem, source, seq_len, report.trained_token_share or 0.5)
+    out: dict[str, Any] = {"plan": result.to_dict()}
+    if probe:
+        out["measured"] = measure_steps(cfg)
+        out["memory_error"] = result.total / max(out["measured"]["peak_bytes"], 1) - 1
+        if out["measured"]["step_seconds"]:
+            out["time_error"] = (result.step_seconds or 0) / out["measured"]["step_seconds"] - 1
+    if as_json:
+        sys.stdout.write(_json.dumps(out) + "\n")
+        return
+    table = Table(title=f"plan for {config} on {result.device}")
+    table.add_column("item")
+    table.add_column("predicted", justify="right")
+    rows = [
+        ("parameters", f"{result.parameters:,}"),
+        ("trainable", f"{result.trainable:,}"),
+        ("batch x tokens", f"{result.batch_size} x {result.seq_len}"),
+    ]
+    for key in ("weights", "gradients", "optimizer", "activations", "logits", "reference", "overhead", "total"):
+        rows.append((f"{key} (GB)", f"{getattr(result, key) / GB:.3f}"))
+    rows += [
+        ("budget (GB)", f"{result.budget / GB:.1f}"),
+        ("GFLOPs per token", f"{result.flops_per_token / 1e9:.3f}"),
+        ("seconds per micro-batch", f"{result.step_seconds:.3f}" if result.step_seconds else "-"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    if probe:
+        measured = out["measured"]
+        console.print(
+            f"measured over {measured['steps']} steps: peak {measured['peak_bytes'] / GB:.3f} GB "
+            f"({measured['measure']}), {measured['step_seconds']:.3f} s per step; memory error "
+            f"{100 * out['memory_error']:+.1f}%, time error {100 * out.get('time_error', 0):+.1f}%"
+        )
 
 
 def _alive(pid: int) -> bool:

@@ -58,10 +58,23 @@ def test_sst2_full_and_head_only_train_the_classifier(tmp_path, adapter, lr, gai
     Measured on the full example (2,000 rows, 3 epochs): none 47.8% -> 86.8%, head_only 47.8% -> 66.6%.
     """
     shared_file("sst2_train_5k.tsv")
-    tunelab("train", REPO / "examples" / "sst2_minilm_lora.yaml", "--set", f"output_directory={tmp_path}",
-            "--set", f"training.adapter={adapter}", "--set", f"training.learning_rate={lr}",
-            "--set", "dataset.data_sample=800", "--set", "dataset.validation_size=300", "--set", "training.epochs=2",
-            cwd=REPO)
+    tunelab(
+        "train",
+        REPO / "examples" / "sst2_minilm_lora.yaml",
+        "--set",
+        f"output_directory={tmp_path}",
+        "--set",
+        f"training.adapter={adapter}",
+        "--set",
+        f"training.learning_rate={lr}",
+        "--set",
+        "dataset.data_sample=800",
+        "--set",
+        "dataset.validation_size=300",
+        "--set",
+        "training.epochs=2",
+        cwd=REPO,
+    )
     run = tmp_path / "sst2-minilm-lora"
     metrics = metrics_of(run)
     info = json.loads((run / "run.json").read_text())

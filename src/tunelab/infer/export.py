@@ -42,8 +42,9 @@ def parity_examples(loaded: Any) -> list[dict[str, Any]]:
         with open(path, encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
         key = "text" if loaded.cfg.problem_type == "classification" else "messages"
-        examples = [{key: r["prompt"]} if key == "text" else {key: [{"role": "user", "content": r["prompt"]}]}
-                    for r in rows]
+        examples = [
+            {key: r["prompt"]} if key == "text" else {key: [{"role": "user", "content": r["prompt"]}]} for r in rows
+        ]
     return examples[:PARITY_PROMPTS]
 
 
@@ -56,8 +57,14 @@ def model_outputs(model: Any, loaded: Any, examples: list[dict[str, Any]]) -> di
     from tunelab.infer.generate import generate_batched
 
     prompts = problem.prompt_ids(examples)
-    settings = loaded.cfg.prediction.model_copy(update={"do_sample": False, "num_beams": 1, "min_length_inference": 0,
-                                                        "max_length_inference": PARITY_NEW_TOKENS})
+    settings = loaded.cfg.prediction.model_copy(
+        update={
+            "do_sample": False,
+            "num_beams": 1,
+            "min_length_inference": 0,
+            "max_length_inference": PARITY_NEW_TOKENS,
+        }
+    )
     answers = generate_batched(model, loaded.tokenizer, prompts, settings, batch_size=len(prompts))
     device = next(model.parameters()).device
     logits = [model(input_ids=torch.tensor([p], device=device)).logits[0, -1].float().cpu() for p in prompts]
@@ -67,21 +74,43 @@ def model_outputs(model: Any, loaded: Any, examples: list[dict[str, Any]]) -> di
 def compare_outputs(reference: dict[str, Any], exported: dict[str, Any], tolerance: float) -> dict[str, Any]:
     """Parity of two models' outputs: greedy answers must match, or logits agree within ``tolerance``."""
     if "predictions" in reference:
-        labels = [r["prediction"] for r in reference["predictions"]] == [e["prediction"] for e in
-                                                                          exported["predictions"]]
-        diff = max(abs(r[k] - e[k]) for r, e in zip(reference["predictions"], exported["predictions"])
-                   for k in r if k.startswith("prob_"))
-        return {"prompts": len(reference["predictions"]), "labels_match": labels, "max_abs_prob_diff": diff,
-                "passed": labels and diff <= tolerance}
+        labels = [r["prediction"] for r in reference["predictions"]] == [
+            e["prediction"] for e in exported["predictions"]
+        ]
+        diff = max(
+            abs(r[k] - e[k])
+            for r, e in zip(reference["predictions"], exported["predictions"])
+            for k in r
+            if k.startswith("prob_")
+        )
+        return {
+            "prompts": len(reference["predictions"]),
+            "labels_match": labels,
+            "max_abs_prob_diff": diff,
+            "passed": labels and diff <= tolerance,
+        }
     same = [a == b for a, b in zip(reference["answers"], exported["answers"])]
     diff = float((reference["logits"] - exported["logits"]).abs().max())
     top1 = float((reference["logits"].argmax(-1) == exported["logits"].argmax(-1)).float().mean())
-    return {"prompts": len(same), "greedy_matches": sum(same), "max_abs_logit_diff": diff, "top1_agreement": top1,
-            "tolerance": tolerance, "passed": all(same) or (diff <= tolerance and top1 == 1.0)}
+    return {
+        "prompts": len(same),
+        "greedy_matches": sum(same),
+        "max_abs_logit_diff": diff,
+        "top1_agreement": top1,
+        "tolerance": tolerance,
+        "passed": all(same) or (diff <= tolerance and top1 == 1.0),
+    }
 
 
-def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, dtype: str = "float32",
-               quant: str = "q8_0", force: bool = False, console: Any = None) -> tuple[Path, dict[str, Any]]:
+def export_run(
+    run_dir: str | Path,
+    fmt: str,
+    out: str | Path | None = None,
+    dtype: str = "float32",
+    quant: str = "q8_0",
+    force: bool = False,
+    console: Any = None,
+) -> tuple[Path, dict[str, Any]]:
     """Export a finished run and check it against the trained model.
 
     Args:
@@ -109,8 +138,10 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, dty
         raise ExportError("the export folder already exists", file=str(target), hint="pass --force to replace it")
     loaded = load_run(run.path, device="cpu", full_precision=True)
     if fmt != "adapter" and is_prompt_learning(loaded.model):
-        raise ExportError(f"a {loaded.cfg.training.adapter} run adds soft tokens and cannot be merged into weights",
-                          hint="export it with --format adapter")
+        raise ExportError(
+            f"a {loaded.cfg.training.adapter} run adds soft tokens and cannot be merged into weights",
+            hint="export it with --format adapter",
+        )
     if fmt == "gguf" and loaded.cfg.problem_type != "causal_lm":
         raise ExportError("GGUF export is for causal language models", hint="use --format merged")
     loaded.model.float()
@@ -130,8 +161,15 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, dty
     return target, parity
 
 
-def _write(fmt: str, loaded: Any, folder: Path, dtype: str, quant: str, examples: list[dict[str, Any]],
-           reference: dict[str, Any]) -> dict[str, Any]:
+def _write(
+    fmt: str,
+    loaded: Any,
+    folder: Path,
+    dtype: str,
+    quant: str,
+    examples: list[dict[str, Any]],
+    reference: dict[str, Any],
+) -> dict[str, Any]:
     """Write the export into ``folder`` and return its parity result."""
     from tunelab.infer.model import load_run
 
@@ -155,8 +193,12 @@ def _write(fmt: str, loaded: Any, folder: Path, dtype: str, quant: str, examples
     result = compare_with_gguf(target, gguf_path, reference["prompts"])
     shutil.rmtree(target)
     tolerance = {"f32": 1e-3, "f16": 0.1, "q8_0": 1.0}.get(quant, 1.0)
-    result.update(tolerance=tolerance, passed=bool(result["greedy_match"] or (
-        result["max_abs_logit_diff"] <= tolerance and result["top1_agreement"] >= 0.99)))
+    result.update(
+        tolerance=tolerance,
+        passed=bool(
+            result["greedy_match"] or (result["max_abs_logit_diff"] <= tolerance and result["top1_agreement"] >= 0.99)
+        ),
+    )
     return result
 
 
@@ -165,11 +207,15 @@ def model_card(run: RunDirectory, loaded: Any, fmt: str, parity: dict[str, Any],
     cfg = loaded.cfg
     metrics = run.metrics()
     info = run.info()
-    rows = "\n".join(f"| {name} | {metrics.get('before', {}).get(name, '-')} | {value} |"
-                     for name, value in metrics.get("after", {}).items())
-    what = {"adapter": f"the {cfg.training.adapter} adapter (load it onto the base model with peft)",
-            "merged": f"the full model with the {cfg.training.adapter} weights merged in ({dtype})",
-            "gguf": f"a GGUF file ({quant}) of the merged model, for llama.cpp and compatible runtimes"}[fmt]
+    rows = "\n".join(
+        f"| {name} | {metrics.get('before', {}).get(name, '-')} | {value} |"
+        for name, value in metrics.get("after", {}).items()
+    )
+    what = {
+        "adapter": f"the {cfg.training.adapter} adapter (load it onto the base model with peft)",
+        "merged": f"the full model with the {cfg.training.adapter} weights merged in ({dtype})",
+        "gguf": f"a GGUF file ({quant}) of the merged model, for llama.cpp and compatible runtimes",
+    }[fmt]
     return f"""---
 base_model: {cfg.llm_backbone}
 library_name: {"peft" if fmt == "adapter" and cfg.training.adapter in PEFT_METHODS else "transformers"}
@@ -181,9 +227,9 @@ tags: [tunelab, {cfg.problem_type}, {cfg.training.adapter}]
 Fine-tuned with [tunelab](https://github.com/tunelab) from **{cfg.llm_backbone}**. This folder holds {what}.
 
 - problem type: {cfg.problem_type}
-- method: {cfg.training.adapter} ({info.get('trainable_parameters', '?')} trainable parameters of
-  {info.get('total_parameters', '?')})
-- data: {cfg.dataset.train_dataframe} ({info.get('train_rows', '?')} training rows, {info.get('validation_rows', '?')}
+- method: {cfg.training.adapter} ({info.get("trainable_parameters", "?")} trainable parameters of
+  {info.get("total_parameters", "?")})
+- data: {cfg.dataset.train_dataframe} ({info.get("train_rows", "?")} training rows, {info.get("validation_rows", "?")}
   validation rows)
 - training: {cfg.training.epochs} epoch(s), learning rate {cfg.training.learning_rate}, batch size
   {cfg.training.batch_size}, seed {cfg.environment.seed}
@@ -196,7 +242,7 @@ Fine-tuned with [tunelab](https://github.com/tunelab) from **{cfg.llm_backbone}*
 
 ## Parity check
 
-The same {parity.get('prompts', PARITY_PROMPTS)} validation prompts through the trained model and this export:
+The same {parity.get("prompts", PARITY_PROMPTS)} validation prompts through the trained model and this export:
 
 ```json
 {json.dumps(parity, indent=2)}
@@ -214,8 +260,11 @@ def push_export(folder: str | Path, repo_id: str, private: bool = True) -> str:
 
     folder = Path(folder)
     if not (folder / "README.md").is_file():
-        raise ExportError("not an export folder (no README.md model card)", file=str(folder),
-                          hint="run 'tunelab export RUN_DIR --format merged' first")
+        raise ExportError(
+            "not an export folder (no README.md model card)",
+            file=str(folder),
+            hint="run 'tunelab export RUN_DIR --format merged' first",
+        )
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ExportError("cannot push: offline mode is on (HF_HUB_OFFLINE=1)", hint="push from a machine online")
     from huggingface_hub import HfApi
@@ -225,6 +274,8 @@ def push_export(folder: str | Path, repo_id: str, private: bool = True) -> str:
         api.create_repo(repo_id, private=private, exist_ok=True)
         commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id)
     except Exception as exc:  # network, auth and hub errors all end here
-        raise ExportError(f"could not push to the hub ({type(exc).__name__}: {str(exc).splitlines()[0]})",
-                          hint="check the network and 'huggingface-cli login'") from None
+        raise ExportError(
+            f"could not push to the hub ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+            hint="check the network and 'huggingface-cli login'",
+        ) from None
     return str(getattr(commit, "commit_url", repo_id))

@@ -182,6 +182,25 @@ def prepare_data(
     return source, tokenizer, problem, data, report
 
 
+def plan_and_size_batches(
+    cfg: RunConfig, problem: Any, source: str, data: DataSplits, report: DataReport, console: Any
+) -> Any:
+    """Resolve ``batch_size: auto`` with the memory planner (in place) and print the plan of the run."""
+    from tunelab.plan import build_plan, choose_batch, longest_batch
+
+    seq_len = longest_batch(data.train.lengths(), cfg)
+    share = report.trained_token_share or 0.5
+    if cfg.training.batch_size == "auto":
+        batch, accumulation = choose_batch(cfg, problem, source, seq_len, share)
+        cfg.training.batch_size, cfg.training.grad_accumulation = batch, accumulation
+        if console is not None:
+            console.print(f"batch_size auto: {batch} rows per micro-batch, {accumulation} micro-batches per step")
+    plan = build_plan(cfg, problem, source, seq_len, share)
+    if console is not None:
+        console.print(plan.summary())
+    return plan
+
+
 def setup(cfg: RunConfig, seed: int, check: bool = True, console: Any = None) -> TrainSetup:
     """Build tokenizer -> data (checked) -> model -> adapter -> optimizer -> scheduler, then hand them to accelerate."""
     from accelerate import Accelerator
@@ -199,6 +218,7 @@ def setup(cfg: RunConfig, seed: int, check: bool = True, console: Any = None) ->
         source, tokenizer, problem, data, report = prepare_data(
             cfg, check, console if accelerator.is_main_process else None
         )
+    plan_and_size_batches(cfg, problem, source, data, report, console if accelerator.is_main_process else None)
     model = build_model(cfg, problem, source)
     parameters = count_parameters(model)
     # The optimizer comes after the adapter: it must see only the parameters that train.

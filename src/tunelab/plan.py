@@ -1,0 +1,398 @@
+"""The memory and compute planner (``tunelab plan``, and a line before every run).
+
+Weights, gradients and optimizer states are counted from the real parameters (the backbone is built on the meta
+device, the adapter applied, nothing loaded). Activation memory is measured, not guessed: one transformer layer of
+the backbone at its real width runs a forward pass on CPU while ``saved_tensors_hooks`` adds up every tensor autograd
+keeps for the backward pass (parameters excluded); two sequence lengths give the per-token and per-token² terms, which
+scale to all layers and the batch. The logits of the trained positions, a reference model (preference tuning) and a
+fixed runtime overhead complete the peak.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.config import RunConfig
+from tunelab.io import user_cache_dir, write_json_atomic
+
+GB = 1024**3
+# Calibrated on this project's CPU probes (bench/planner.py): what a training process holds beyond tensors
+# (allocator slack, tokenizer, data, autograd bookkeeping), and the share of activations alive at once.
+CPU_OVERHEAD_BYTES = 160 * 1024**2
+CUDA_OVERHEAD_BYTES = 400 * 1024**2
+
+
+@dataclass
+class Plan:
+    """Predicted memory (bytes) and compute of one training configuration."""
+
+    parameters: int
+    trainable: int
+    batch_size: int
+    seq_len: int
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+    reference: int
+    overhead: int
+    flops_per_token: float
+    device: str
+    budget: int
+    step_seconds: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return (
+            self.weights
+            + self.gradients
+            + self.optimizer
+            + self.activations
+            + self.logits
+            + self.reference
+            + self.overhead
+        )
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total": self.total, "tokens_per_step": self.tokens_per_step}
+
+    def summary(self) -> str:
+        time_part = f", about {self.step_seconds:.2f} s per micro-batch" if self.step_seconds else ""
+        fits = "fits" if self.total <= self.budget else "DOES NOT FIT"
+        return (
+            f"plan: peak {self.total / GB:.2f} GB ({fits} in {self.budget / GB:.1f} GB): weights "
+            f"{self.weights / GB:.2f}, gradients {self.gradients / GB:.2f}, optimizer {self.optimizer / GB:.2f}, "
+            f"activations {self.activations / GB:.2f}, logits {self.logits / GB:.2f} GB; batch {self.batch_size} x "
+            f"{self.seq_len} tokens{time_part}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------- pieces
+def dtype_bytes(name: str) -> float:
+    return {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "int4": 0.5}[name]
+
+
+def meta_model(cfg: RunConfig, problem: Any, source: str, layers: int | None = None) -> Any:
+    """The backbone with the config's adapter, built on the meta device (no weights read, no memory used)."""
+    from transformers import AutoConfig
+
+    from tunelab.models.adapters import apply_adapter
+
+    config = AutoConfig.from_pretrained(source, **problem.model_kwargs())
+    if layers is not None:
+        config.num_hidden_layers = layers
+    with torch.device("meta"):
+        model = problem.auto_class().from_config(config)
+    return apply_adapter(model, cfg)
+
+
+def weight_bytes(model: Any, cfg: RunConfig) -> tuple[int, int, int]:
+    """(bytes of all weights, parameter count, trainable count). Quantised backbones keep embeddings, norms and
+    the head in the compute dtype; their linear layers take 4 or 8 bits plus block scales."""
+    arch = cfg.architecture
+    quantised = arch.backbone_dtype in ("int8", "int4")
+    frozen_dtype = dtype_bytes("float32" if quantised else arch.backbone_dtype)
+    total = params = trainable = 0
+    seen: set[int] = set()
+    linear_weights = {
+        id(m.weight)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and not name.endswith(("lm_head", "score", "classifier"))
+    }
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        n = param.numel()
+        params += n
+        if param.requires_grad:
+            trainable += n
+            total += n * 4  # trained parameters are kept in float32
+        elif quantised and id(param) in linear_weights:
+            bits = 4 if arch.backbone_dtype == "int4" else 8
+            scales = (1 / 64 + 4 / (64 * 256)) if arch.double_quantization and bits == 4 else 4 / 64
+            total += int(n * (bits / 8 + (scales if bits == 4 else 4 / 4096)))
+        else:
+            total += int(n * frozen_dtype)
+    return total, params, trainable
+
+
+def optimizer_bytes(trainable: int, name: str) -> int:
+    """Optimizer state for ``trainable`` float32 parameters."""
+    per_param = {
+        "AdamW": 8,
+        "Adam": 8,
+        "SGD": 4,
+        "RMSprop": 4,
+        "Adadelta": 8,
+        "AdamW8bit": 2,
+        "PagedAdamW": 8,
+        "PagedAdamW8bit": 2,
+        "Lion": 4,
+        "Adafactor": 0.1,
+    }[name]
+    return int(trainable * per_param)
+
+
+def probe_activations(cfg: RunConfig, problem: Any, source: str, seq_len: int) -> tuple[float, float, float]:
+    """Bytes autograd saves per sequence in one layer: (constant, per token, per token²), from a real forward pass
+    of a one-layer replica at two sequence lengths."""
+    from transformers import AutoConfig
+
+    from tunelab.models.adapters import apply_adapter
+
+    config = AutoConfig.from_pretrained(source, **problem.model_kwargs())
+    config.num_hidden_layers = 1
+    dtype = {"int8": "float32", "int4": "float32"}.get(cfg.architecture.backbone_dtype, cfg.architecture.backbone_dtype)
+    torch.manual_seed(0)
+    model = problem.auto_class().from_config(config, dtype=getattr(torch, dtype))
+    model = apply_adapter(model, cfg).train()
+    body = _body(model)
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def saved_bytes(length: int) -> int:
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in parameters:
+                storages[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        ids = torch.randint(0, max(config.vocab_size - 1, 2), (1, length))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            body(input_ids=ids, attention_mask=torch.ones_like(ids))
+        return sum(storages.values())
+
+    short, long_ = max(min(seq_len // 2, 256), 16), max(min(seq_len, 512), 32)
+    a, b, c = saved_bytes(short // 2), saved_bytes(short), saved_bytes(long_)
+    # Fit constant + linear + quadratic through three points (attention can keep [heads, L, L] tensors).
+    xs = [short // 2, short, long_]
+    ys = [a, b, c]
+    quad = ((ys[2] - ys[1]) / (xs[2] - xs[1]) - (ys[1] - ys[0]) / (xs[1] - xs[0])) / (xs[2] - xs[0])
+    quad = max(quad, 0.0)
+    lin = (ys[1] - ys[0]) / (xs[1] - xs[0]) - quad * (xs[1] + xs[0])
+    const = ys[0] - lin * xs[0] - quad * xs[0] ** 2
+    return max(const, 0.0), max(lin, 0.0), quad
+
+
+def _body(model: Any) -> Any:
+    """The part of the model whose activations scale with layers (the decoder/encoder without the head)."""
+    from tunelab.models.adapters import unwrap
+
+    base = unwrap(model)
+    try:
+        decoder = base.get_decoder()
+        if decoder is not None and decoder is not base:
+            return decoder
+    except (AttributeError, NotImplementedError):
+        pass
+    return getattr(base, base.base_model_prefix)
+
+
+def device_flops() -> tuple[str, float]:
+    """The device name and its measured float32 matmul throughput (FLOP/s), cached per device."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = torch.cuda.get_device_name(0) if device == "cuda" else f"cpu-{torch.get_num_threads()}threads"
+    cache = user_cache_dir() / "device_flops.json"
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    if name in known:
+        return name, known[name]
+    n = 1024 if device == "cpu" else 8192
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < 0.3:
+        a @ b
+        runs += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
+    flops = 2 * n**3 * runs / (time.perf_counter() - started)
+    known[name] = flops
+    write_json_atomic(cache, known)
+    return name, flops
+
+
+def memory_budget(share: float) -> int:
+    """``share`` of the device's memory: the GPU's, else the machine's RAM."""
+    if torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(0).total_memory * share)
+    import psutil
+
+    return int(psutil.virtual_memory().total * share)
+
+
+# ---------------------------------------------------------------------------------------------------------- plan
+def build_plan(
+    cfg: RunConfig,
+    problem: Any,
+    source: str,
+    seq_len: int,
+    trained_share: float = 0.5,
+    batch_size: int | None = None,
+    probe: tuple[float, float, float] | None = None,
+) -> Plan:
+    """Predict the peak memory and the compute of training ``cfg`` on this device.
+
+    Args:
+        cfg: the run config.
+        problem: its problem (for the head and model class).
+        source: the resolved backbone (a folder or hub id).
+        seq_len: tokens per row of the longest batch (tokenizer.max_length with packing).
+        trained_share: share of tokens that carry loss (the LM head runs only there).
+        batch_size: rows per micro-batch (default: the config's).
+        probe: reuse an activation probe result.
+    """
+    batch = batch_size or (cfg.training.batch_size if isinstance(cfg.training.batch_size, int) else 1)
+    model = meta_model(cfg, problem, source)
+    weights, params, trainable = weight_bytes(model, cfg)
+    config = model.config
+    layers = config.num_hidden_layers
+    const, lin, quad = probe or probe_activations(cfg, problem, source, seq_len)
+    per_sequence = const + lin * seq_len + quad * seq_len**2
+    if cfg.architecture.gradient_checkpointing:
+        # Each layer keeps only its input; one layer at a time is recomputed in full during the backward pass.
+        hidden_bytes = config.hidden_size * dtype_bytes(_act_dtype(cfg))
+        activations = batch * (layers * seq_len * hidden_bytes + per_sequence)
+    else:
+        activations = batch * layers * per_sequence
+    vocab = getattr(config, "vocab_size", 0)
+    head_rows = batch * seq_len * trained_share if cfg.problem_type == "causal_lm" else batch
+    out_dim = vocab if cfg.problem_type == "causal_lm" else getattr(config, "num_labels", 2)
+    logits = int(head_rows * out_dim * 4 * 3)  # float32 logits, their log-softmax and its gradient
+    gradients = trainable * 4
+    flops_per_token = _flops_per_token(params, trainable, config, seq_len, cfg)
+    name, flops = device_flops()
+    step_seconds = flops_per_token * batch * seq_len / (flops * 0.55)  # ~55% of the matmul peak in a real step
+    overhead = CUDA_OVERHEAD_BYTES if torch.cuda.is_available() else CPU_OVERHEAD_BYTES
+    return Plan(
+        params,
+        trainable,
+        batch,
+        seq_len,
+        weights,
+        gradients,
+        optimizer_bytes(trainable, cfg.training.optimizer),
+        int(activations),
+        logits,
+        0,
+        overhead,
+        flops_per_token,
+        name,
+        memory_budget(cfg.environment.memory_budget),
+        step_seconds,
+    )
+
+
+def _act_dtype(cfg: RunConfig) -> str:
+    dtype = cfg.architecture.backbone_dtype
+    return "float32" if dtype in ("int8", "int4") else dtype
+
+
+def _flops_per_token(params: int, trainable: int, config: Any, seq_len: int, cfg: RunConfig) -> float:
+    """Training FLOPs per token: 2N forward, 2N backward through activations, 2N more for weight gradients when
+    the backbone trains; plus attention (QK^T and AV) in every layer."""
+    embedding = getattr(config, "vocab_size", 0) * getattr(config, "hidden_size", 0)
+    body = max(params - embedding, 0)
+    full = trainable > 0.5 * params
+    attention = 4 * config.num_hidden_layers * seq_len * config.hidden_size
+    return (6 if full else 4) * body + 3 * attention
+
+
+def choose_batch(cfg: RunConfig, problem: Any, source: str, seq_len: int, trained_share: float) -> tuple[int, int]:
+    """``batch_size: auto``: the largest batch up to 32 whose plan fits the budget, and the gradient accumulation
+    that keeps at least 8 rows per optimizer step.
+
+    Raises:
+        ConfigError: when not even one row fits.
+    """
+    from tunelab.errors import ConfigError
+
+    probe = probe_activations(cfg, problem, source, seq_len)
+    for batch in (32, 16, 8, 4, 2, 1):
+        plan = build_plan(cfg, problem, source, seq_len, trained_share, batch, probe)
+        if plan.total <= plan.budget:
+            return batch, max(cfg.training.grad_accumulation, math.ceil(8 / batch))
+    raise ConfigError(
+        f"even one row of {seq_len} tokens does not fit in the memory budget",
+        field="training.batch_size",
+        hint="use a smaller max_length, gradient_checkpointing, a 4-bit backbone or an adapter",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------- probe
+def current_rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure_steps(cfg: RunConfig, steps: int = 3) -> dict[str, Any]:
+    """Run ``steps`` real training steps and measure the peak memory growth and the step time.
+
+    On CPU the growth is the peak RSS minus the RSS just before the model is loaded (data and tokenizer are already
+    in memory then); on a GPU it is ``torch.cuda.max_memory_allocated``.
+    """
+    from tunelab.training.setup import Collator, build_batches, build_model, prepare_data
+    from tunelab.training.optim import build_optimizer
+
+    source, _, problem, data, _ = prepare_data(cfg, check=False)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    before = current_rss()
+    model = build_model(cfg, problem, source).to("cuda" if torch.cuda.is_available() else "cpu").train()
+    optimizer = build_optimizer(model, cfg.training)
+    batches = build_batches(cfg, data.train, seed=0)
+    collate = Collator(problem, data.train, train=True)
+    device = next(model.parameters()).device
+    times = []
+    for indices in list(batches)[:steps]:
+        batch = {k: v.to(device) for k, v in collate(indices).items() if k != "rows"}
+        started = time.perf_counter()
+        loss_sum, count = problem.loss(model, batch)
+        (loss_sum / count.clamp(min=1)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    if torch.cuda.is_available():
+        peak, measure = torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
+    else:
+        peak, measure = peak_rss() - before, "peak RSS growth from just before the model loads"
+    return {
+        "steps": len(times),
+        "step_seconds": sorted(times)[len(times) // 2] if times else None,
+        "peak_bytes": peak,
+        "measure": measure,
+    }
+
+
+def longest_batch(lengths: Any, cfg: RunConfig) -> int:
+    """Tokens per row of the longest batch an epoch would see."""
+    if cfg.training.packing:
+        return cfg.tokenizer.max_length
+    return int(min(max(lengths) if len(lengths) else cfg.tokenizer.max_length, cfg.tokenizer.max_length))
+
+
+def save_plan(plan: Plan, path: Path) -> None:
+    write_json_atomic(path, plan.to_dict())
