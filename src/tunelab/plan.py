@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -352,8 +351,8 @@ def measure_steps(cfg: RunConfig, steps: int = 3) -> dict[str, Any]:
     On CPU the growth is the peak RSS minus the RSS just before the model is loaded (data and tokenizer are already
     in memory then); on a GPU it is ``torch.cuda.max_memory_allocated``.
     """
-    from tunelab.training.setup import Collator, build_batches, build_model, prepare_data
     from tunelab.training.optim import build_optimizer
+    from tunelab.training.setup import Collator, build_batches, build_model, prepare_data
 
     source, _, problem, data, _ = prepare_data(cfg, check=False)
     if torch.cuda.is_available():
