@@ -506,19 +506,18 @@ def plan(
     import json as _json
 
     from tunelab.config import load_config
-    from tunelab.plan import GB, build_plan, longest_batch, measure_steps
+    from tunelab.plan import GB, build_plan, longest_batch, measure_steps, trained_tokens_per_row
     from tunelab.training.setup import prepare_data
 
     cfg = load_config(config, overrides)
-    source, _, problem, data, report = prepare_data(cfg, check=False)
+    source, _, problem, data, _ = prepare_data(cfg, check=False)
     seq_len = longest_batch(data.train.lengths(), cfg)
+    per_row = trained_tokens_per_row(data.train)
     if cfg.training.batch_size == "auto":
         from tunelab.plan import choose_batch
 
-        cfg.training.batch_size, cfg.training.grad_accumulation = choose_batch(
-            cfg, problem, source, seq_len, report.trained_token_share or 0.5
-        )
-    result = build_plan(cfg, problem, source, seq_len, report.trained_token_share or 0.5)
+        cfg.training.batch_size, cfg.training.grad_accumulation = choose_batch(cfg, problem, source, seq_len, per_row)
+    result = build_plan(cfg, problem, source, seq_len, per_row)
     out: dict[str, Any] = {"plan": result.to_dict()}
     if probe:
         out["measured"] = measure_steps(cfg)

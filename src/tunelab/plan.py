@@ -26,7 +26,7 @@ from tunelab.io import user_cache_dir, write_json_atomic
 GB = 1024**3
 # Calibrated on this project's CPU probes (bench/planner.py): what a training process holds beyond tensors
 # (allocator slack, tokenizer, data, autograd bookkeeping), and the share of activations alive at once.
-CPU_OVERHEAD_BYTES = 160 * 1024**2
+CPU_OVERHEAD_BYTES = 32 * 1024**2
 CUDA_OVERHEAD_BYTES = 400 * 1024**2
 
 
@@ -131,6 +131,26 @@ def weight_bytes(model: Any, cfg: RunConfig) -> tuple[int, int, int]:
     return total, params, trainable
 
 
+def unpaged_embedding_bytes(model: Any, cfg: RunConfig, source: str) -> int:
+    """Bytes of a frozen input-embedding table that stay on disk on CPU.
+
+    transformers memory-maps safetensors weights when no dtype conversion is needed; a lookup table that nothing
+    multiplies in full (frozen, not tied to the output head) then only has the pages of the tokens used in memory.
+    """
+    if torch.cuda.is_available() or cfg.architecture.backbone_dtype in ("int8", "int4"):
+        return 0
+    embeddings = model.get_input_embeddings()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if embeddings is None or embeddings.weight.requires_grad or (head is not None and head.weight is embeddings.weight):
+        return 0
+    from transformers import AutoConfig
+
+    stored = str(getattr(AutoConfig.from_pretrained(source), "dtype", None) or "float32").replace("torch.", "")
+    if stored != cfg.architecture.backbone_dtype:
+        return 0  # converted while loading: every page is written, so every page is resident
+    return embeddings.weight.numel() * int(dtype_bytes(cfg.architecture.backbone_dtype))
+
+
 def optimizer_bytes(trainable: int, name: str) -> int:
     """Optimizer state for ``trainable`` float32 parameters."""
     per_param = {
@@ -148,23 +168,40 @@ def optimizer_bytes(trainable: int, name: str) -> int:
     return int(trainable * per_param)
 
 
-def probe_activations(cfg: RunConfig, problem: Any, source: str, seq_len: int) -> tuple[float, float, float]:
-    """Bytes autograd saves per sequence in one layer: (constant, per token, per token²), from a real forward pass
-    of a one-layer replica at two sequence lengths."""
+@dataclass
+class ActivationProbe:
+    """Bytes autograd keeps for one sequence: per transformer layer, and outside the layers (embeddings, final norm),
+    without and with gradient checkpointing."""
+
+    per_layer: float
+    fixed: float
+    per_layer_checkpointed: float
+    fixed_checkpointed: float
+
+
+def probe_activations(cfg: RunConfig, problem: Any, source: str, seq_len: int) -> ActivationProbe:
+    """Measure the activations autograd saves for one sequence of ``seq_len`` tokens.
+
+    Replicas of the backbone with one and two layers, at its real width and dtype and with the configured adapter, run
+    a forward pass while ``saved_tensors_hooks`` add up every saved tensor (parameters excluded); the difference of
+    the two is the cost of a layer, the rest is what does not repeat per layer.
+    """
     from transformers import AutoConfig
 
     from tunelab.models.adapters import apply_adapter
 
-    config = AutoConfig.from_pretrained(source, **problem.model_kwargs())
-    config.num_hidden_layers = 1
+    length = min(seq_len, 2048)  # beyond this, scale: attention with a fused kernel is linear in the length
     dtype = {"int8": "float32", "int4": "float32"}.get(cfg.architecture.backbone_dtype, cfg.architecture.backbone_dtype)
-    torch.manual_seed(0)
-    model = problem.auto_class().from_config(config, dtype=getattr(torch, dtype))
-    model = apply_adapter(model, cfg).train()
-    body = _body(model)
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
-    def saved_bytes(length: int) -> int:
+    def saved_bytes(layers: int, checkpointing: bool) -> float:
+        config = AutoConfig.from_pretrained(source, **problem.model_kwargs())
+        config.num_hidden_layers = layers
+        torch.manual_seed(0)
+        model = problem.auto_class().from_config(config, dtype=getattr(torch, dtype))
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = apply_adapter(model, cfg).train()
+        parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
         storages: dict[int, int] = {}
 
         def pack(t: torch.Tensor) -> torch.Tensor:
@@ -175,19 +212,16 @@ def probe_activations(cfg: RunConfig, problem: Any, source: str, seq_len: int) -
 
         ids = torch.randint(0, max(config.vocab_size - 1, 2), (1, length))
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            body(input_ids=ids, attention_mask=torch.ones_like(ids))
-        return sum(storages.values())
+            _body(model)(input_ids=ids, attention_mask=torch.ones_like(ids))
+        return sum(storages.values()) * seq_len / length
 
-    short, long_ = max(min(seq_len // 2, 256), 16), max(min(seq_len, 512), 32)
-    a, b, c = saved_bytes(short // 2), saved_bytes(short), saved_bytes(long_)
-    # Fit constant + linear + quadratic through three points (attention can keep [heads, L, L] tensors).
-    xs = [short // 2, short, long_]
-    ys = [a, b, c]
-    quad = ((ys[2] - ys[1]) / (xs[2] - xs[1]) - (ys[1] - ys[0]) / (xs[1] - xs[0])) / (xs[2] - xs[0])
-    quad = max(quad, 0.0)
-    lin = (ys[1] - ys[0]) / (xs[1] - xs[0]) - quad * (xs[1] + xs[0])
-    const = ys[0] - lin * xs[0] - quad * xs[0] ** 2
-    return max(const, 0.0), max(lin, 0.0), quad
+    one, two = saved_bytes(1, False), saved_bytes(2, False)
+    per_layer = max(two - one, 0.0)
+    if cfg.architecture.gradient_checkpointing:
+        one_c, two_c = saved_bytes(1, True), saved_bytes(2, True)
+        per_layer_c = max(two_c - one_c, 0.0)
+        return ActivationProbe(per_layer, max(one - per_layer, 0.0), per_layer_c, max(one_c - per_layer_c, 0.0))
+    return ActivationProbe(per_layer, max(one - per_layer, 0.0), per_layer, max(one - per_layer, 0.0))
 
 
 def _body(model: Any) -> Any:
@@ -242,7 +276,7 @@ def build_plan(
     problem: Any,
     source: str,
     seq_len: int,
-    trained_share: float = 0.5,
+    trained_per_row: float | None = None,
     batch_size: int | None = None,
     probe: tuple[float, float, float] | None = None,
 ) -> Plan:
@@ -253,31 +287,33 @@ def build_plan(
         problem: its problem (for the head and model class).
         source: the resolved backbone (a folder or hub id).
         seq_len: tokens per row of the longest batch (tokenizer.max_length with packing).
-        trained_share: share of tokens that carry loss (the LM head runs only there).
+        trained_per_row: tokens per row that carry loss, at the high end of the data (the LM head runs only
+            there); default: half of ``seq_len``.
         batch_size: rows per micro-batch (default: the config's).
         probe: reuse an activation probe result.
     """
     batch = batch_size or (cfg.training.batch_size if isinstance(cfg.training.batch_size, int) else 1)
     model = meta_model(cfg, problem, source)
     weights, params, trainable = weight_bytes(model, cfg)
+    weights -= unpaged_embedding_bytes(model, cfg, source)
     config = model.config
     layers = config.num_hidden_layers
-    const, lin, quad = probe or probe_activations(cfg, problem, source, seq_len)
-    per_sequence = const + lin * seq_len + quad * seq_len**2
+    measured = probe or probe_activations(cfg, problem, source, seq_len)
     if cfg.architecture.gradient_checkpointing:
-        # Each layer keeps only its input; one layer at a time is recomputed in full during the backward pass.
-        hidden_bytes = config.hidden_size * dtype_bytes(_act_dtype(cfg))
-        activations = batch * (layers * seq_len * hidden_bytes + per_sequence)
+        # Each layer keeps its input; in the backward pass one layer at a time is recomputed in full.
+        per_sequence = measured.fixed_checkpointed + layers * measured.per_layer_checkpointed + measured.per_layer
     else:
-        activations = batch * layers * per_sequence
+        per_sequence = measured.fixed + layers * measured.per_layer
+    activations = batch * per_sequence
     vocab = getattr(config, "vocab_size", 0)
-    head_rows = batch * seq_len * trained_share if cfg.problem_type == "causal_lm" else batch
+    per_row = trained_per_row if trained_per_row is not None else seq_len / 2
+    head_rows = batch * min(per_row, seq_len) if cfg.problem_type == "causal_lm" else batch
     out_dim = vocab if cfg.problem_type == "causal_lm" else getattr(config, "num_labels", 2)
-    logits = int(head_rows * out_dim * 4 * 3)  # float32 logits, their log-softmax and its gradient
+    logits = int(head_rows * out_dim * 4 * 2)  # float32 logits and their log-softmax (the gradient reuses one)
     gradients = trainable * 4
     flops_per_token = _flops_per_token(params, trainable, config, seq_len, cfg)
     name, flops = device_flops()
-    step_seconds = flops_per_token * batch * seq_len / (flops * 0.55)  # ~55% of the matmul peak in a real step
+    step_seconds = flops_per_token * batch * seq_len / (flops * 0.4)  # a real step reaches ~40% of the matmul peak
     overhead = CUDA_OVERHEAD_BYTES if torch.cuda.is_available() else CPU_OVERHEAD_BYTES
     return Plan(
         params,
@@ -298,11 +334,6 @@ def build_plan(
     )
 
 
-def _act_dtype(cfg: RunConfig) -> str:
-    dtype = cfg.architecture.backbone_dtype
-    return "float32" if dtype in ("int8", "int4") else dtype
-
-
 def _flops_per_token(params: int, trainable: int, config: Any, seq_len: int, cfg: RunConfig) -> float:
     """Training FLOPs per token: 2N forward, 2N backward through activations, 2N more for weight gradients when
     the backbone trains; plus attention (QK^T and AV) in every layer."""
@@ -313,7 +344,9 @@ def _flops_per_token(params: int, trainable: int, config: Any, seq_len: int, cfg
     return (6 if full else 4) * body + 3 * attention
 
 
-def choose_batch(cfg: RunConfig, problem: Any, source: str, seq_len: int, trained_share: float) -> tuple[int, int]:
+def choose_batch(
+    cfg: RunConfig, problem: Any, source: str, seq_len: int, trained_per_row: float | None
+) -> tuple[int, int]:
     """``batch_size: auto``: the largest batch up to 32 whose plan fits the budget, and the gradient accumulation
     that keeps at least 8 rows per optimizer step.
 
@@ -324,7 +357,7 @@ def choose_batch(cfg: RunConfig, problem: Any, source: str, seq_len: int, traine
 
     probe = probe_activations(cfg, problem, source, seq_len)
     for batch in (32, 16, 8, 4, 2, 1):
-        plan = build_plan(cfg, problem, source, seq_len, trained_share, batch, probe)
+        plan = build_plan(cfg, problem, source, seq_len, trained_per_row, batch, probe)
         if plan.total <= plan.budget:
             return batch, max(cfg.training.grad_accumulation, math.ceil(8 / batch))
     raise ConfigError(
@@ -363,8 +396,16 @@ def measure_steps(cfg: RunConfig, steps: int = 3) -> dict[str, Any]:
     batches = build_batches(cfg, data.train, seed=0)
     collate = Collator(problem, data.train, train=True)
     device = next(model.parameters()).device
+    lengths = data.train.lengths()
+
+    def padded_tokens(batch: list[Any]) -> int:
+        sizes = [sum(lengths[i] for i in item) if isinstance(item, list) else lengths[item] for item in batch]
+        return max(sizes) * len(sizes)
+
+    # The plan predicts a run's peak, which comes with its longest batches: measure those.
+    longest = sorted(batches.epoch_batches(0), key=padded_tokens, reverse=True)[:steps]
     times = []
-    for indices in list(batches)[:steps]:
+    for indices in longest:
         batch = {k: v.to(device) for k, v in collate(indices).items() if k != "rows"}
         started = time.perf_counter()
         loss_sum, count = problem.loss(model, batch)
@@ -384,6 +425,14 @@ def measure_steps(cfg: RunConfig, steps: int = 3) -> dict[str, Any]:
         "peak_bytes": peak,
         "measure": measure,
     }
+
+
+def trained_tokens_per_row(split: Any) -> float:
+    """The 95th percentile of trained tokens per row: the logits of a long batch are sized by its long answers."""
+    import numpy as np
+
+    counts = split.trained_counts()
+    return float(np.percentile(counts, 95)) if len(counts) else 0.0
 
 
 def longest_batch(lengths: Any, cfg: RunConfig) -> int:

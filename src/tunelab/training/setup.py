@@ -19,6 +19,7 @@ from tunelab.data.tokenize import EncodedSplit
 from tunelab.models.adapters import ParameterCount, apply_adapter, count_parameters
 from tunelab.models.load import load_backbone, load_tokenizer, quantization_config, resolve_backbone
 from tunelab.problems import build_problem
+from tunelab.training.memory import install_memory_release
 from tunelab.training.optim import build_optimizer
 from tunelab.training.schedule import build_scheduler
 
@@ -133,6 +134,8 @@ def build_model(cfg: RunConfig, problem: Any, source: str) -> Any:
     model = apply_adapter(model, cfg)
     if arch.force_embedding_gradients:
         model.get_input_embeddings().weight.requires_grad_(True)
+    if cfg.environment.release_cpu_memory:
+        install_memory_release(model, "cuda" if torch.cuda.is_available() else "cpu")
     return model
 
 
@@ -186,10 +189,10 @@ def plan_and_size_batches(
     cfg: RunConfig, problem: Any, source: str, data: DataSplits, report: DataReport, console: Any
 ) -> Any:
     """Resolve ``batch_size: auto`` with the memory planner (in place) and print the plan of the run."""
-    from tunelab.plan import build_plan, choose_batch, longest_batch
+    from tunelab.plan import build_plan, choose_batch, longest_batch, trained_tokens_per_row
 
     seq_len = longest_batch(data.train.lengths(), cfg)
-    share = report.trained_token_share or 0.5
+    share = trained_tokens_per_row(data.train)
     if cfg.training.batch_size == "auto":
         batch, accumulation = choose_batch(cfg, problem, source, seq_len, share)
         cfg.training.batch_size, cfg.training.grad_accumulation = batch, accumulation

@@ -1,0 +1,65 @@
+"""Keeping a CPU process's memory honest.
+
+glibc's malloc keeps memory freed by PyTorch in its heaps instead of returning it to the system: during a training
+step the activations freed layer by layer pile up, and the process's peak RSS ends up near twice the memory actually
+in use (measured: 7.3 GB peak for 4.2 GB live on SmolLM2, LoRA, batch 8). Calling ``malloc_trim(0)`` after each
+transformer layer's forward pass, and again as the backward pass reaches each layer, returns those pages: the peak
+falls to about the memory in use (4.6 GB) for a few percent more time. It is a no-op off Linux/glibc and on GPUs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from typing import Any
+
+import torch
+
+_LIBC: Any = None
+
+
+def _libc() -> Any:
+    global _LIBC
+    if _LIBC is None:
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC = lib if hasattr(lib, "malloc_trim") else False
+        except OSError:
+            _LIBC = False
+    return _LIBC
+
+
+def release_freed_memory() -> None:
+    """Return free heap pages to the operating system (glibc only)."""
+    lib = _libc()
+    if lib:
+        lib.malloc_trim(0)
+
+
+def install_memory_release(model: Any, device: torch.device | str) -> int:
+    """Trim the heap after every transformer layer's forward pass on CPU; returns how many hooks were added."""
+    if torch.device(device).type != "cpu" or not _libc():
+        return 0
+    from tunelab.errors import ConfigError
+    from tunelab.models.adapters import transformer_layers, unwrap
+
+    try:
+        layers = transformer_layers(unwrap(model))
+    except ConfigError:
+        return 0
+    for layer in layers:
+        layer.register_forward_hook(_release_after_forward)
+    return len(layers)
+
+
+def _release_after_forward(module: Any, inputs: Any, output: Any) -> None:
+    """Trim now (the layer's temporaries are freed), and again when the backward pass reaches this layer's output
+    (the layer above has then freed its backward temporaries)."""
+    release_freed_memory()
+    hidden = output[0] if isinstance(output, (tuple, list)) else output
+    if isinstance(hidden, torch.Tensor) and hidden.requires_grad:
+        hidden.register_hook(_release_in_backward)
+
+
+def _release_in_backward(grad: torch.Tensor) -> None:
+    release_freed_memory()
