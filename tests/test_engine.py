@@ -275,3 +275,15 @@ def test_mlflow_and_wandb_receive_metrics_when_configured(resume_cfg, monkeypatc
     assert calls["mlflow"][0][0] == "params" and calls["mlflow"][0][1]["training.max_steps"] == 3
     assert [step for step, _ in calls["mlflow"][1:]][:3] == [1, 2, 3]
     assert "train_loss" in calls["mlflow"][1][1] and "train/loss" in calls["wandb"][0][1]
+
+
+def test_cache_hit_does_not_change_the_initial_weights(resume_cfg, tmp_path):
+    """Tokenising (skipped on a cache hit) may draw random numbers; the new adapter weights must not depend on it."""
+    from tunelab.training.setup import setup
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", resume_cfg))
+    fresh, cached = setup(cfg, 1), setup(cfg, 1)
+    assert not fresh.data.info.get("cached") and cached.data.info["cached"]
+    pairs = list(zip(fresh.model.named_parameters(), cached.model.named_parameters()))
+    trained = [(a, b) for (name, a), (_, b) in pairs if a.requires_grad]
+    assert trained and all(torch.equal(a, b) for a, b in trained)

@@ -226,6 +226,18 @@ class TrainingConfig(Section):
         description="Rows per micro-batch (per process); 'auto' = the largest batch (up to 32) that the memory planner "
         "fits in environment.memory_budget, with gradient accumulation raised to keep at least 8 rows per step.",
     )
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: Any) -> int | str:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("must be a whole number of rows or 'auto'")
+        if not 1 <= value <= 65536:
+            raise ValueError("must be between 1 and 65536 (or 'auto')")
+        return value
+
     drop_last_batch: bool = Field(True, description="Drop the last incomplete training batch of each epoch.")
     epochs: int = Field(1, ge=0, le=10000, description="Passes over the training data.")
     max_steps: int = Field(

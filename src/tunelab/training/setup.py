@@ -222,6 +222,9 @@ def setup(cfg: RunConfig, seed: int, check: bool = True, console: Any = None) ->
             cfg, check, console if accelerator.is_main_process else None
         )
     plan_and_size_batches(cfg, problem, source, data, report, console if accelerator.is_main_process else None)
+    # Seed again: tokenising (skipped on a cache hit) and the planner's probe may draw random numbers, and the new
+    # adapter weights must not depend on whether they ran.
+    set_seed(seed)
     model = build_model(cfg, problem, source)
     parameters = count_parameters(model)
     # The optimizer comes after the adapter: it must see only the parameters that train.
