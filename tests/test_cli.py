@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -174,6 +175,47 @@ def test_train_predict_eval_chat(tiny_cfg, tmp_path, qa_jsonl):
     proc = run("chat", run_dir, stdin="what is 1 and 2?\nand 3 and 4?\n/reset\n/exit\n")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("model>") == 2 and "conversation cleared" in proc.stdout
+
+    script = "/params temperature=0.7 max_tokens=3\n/params top_p=7\n/params bogus=1\n/system be brief\n/nope\nhi\n"
+    proc = run("chat", run_dir, stdin=script)
+    assert proc.returncode == 0, proc.stderr
+    assert "temperature=0.7 top_p=1.0 max_tokens=3" in proc.stdout
+    assert "top_p" in proc.stdout and "less than or equal to 1" in proc.stdout  # out of range: refused, kept
+    assert "unknown setting 'bogus=1'" in proc.stdout and "unknown command /nope" in proc.stdout
+    assert "system prompt set" in proc.stdout and proc.stdout.count("model>") == 1
+
+
+def test_chat_sends_the_system_prompt_and_the_whole_conversation(tiny_cfg, tmp_path, monkeypatch):
+    from rich.console import Console
+
+    import tunelab.infer.model as model_module
+    from tunelab.infer.chat import chat_repl
+
+    assert run("train", write_config(tmp_path / "c.yaml", tiny_cfg)).returncode == 0
+    run_dir = Path(tiny_cfg["output_directory"]) / tiny_cfg["experiment_name"]
+    seen: list[list[dict]] = []
+    original = model_module.load_run
+
+    def recording_load_run(*args, **kwargs):
+        loaded = original(*args, **kwargs)
+        render = loaded.problem.renderer.prompt_ids
+        loaded.problem.renderer.prompt_ids = lambda messages: seen.append(list(messages)) or render(messages)
+        return loaded
+
+    monkeypatch.setattr(model_module, "load_run", recording_load_run)
+    lines = iter(["/system you add numbers", "what is 1 and 2?", "and 3?", "/reset", "again?"])
+
+    def read(_prompt: str) -> str:
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    with open(os.devnull, "w") as sink:
+        chat_repl(run_dir, Console(file=sink), read=read)
+    assert [m["role"] for m in seen[0]] == ["system", "user"] and seen[0][0]["content"] == "you add numbers"
+    assert [m["role"] for m in seen[1]] == ["system", "user", "assistant", "user"]
+    assert [m["role"] for m in seen[2]] == ["system", "user"]  # /reset keeps the system prompt
 
 
 def test_classification_predict_writes_labels_and_probabilities(tiny_bert, sentiment_csv, tmp_path):

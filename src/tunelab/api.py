@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,17 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[d
     return result.metrics, out
 
 
-def predict_file(run_dir: str | Path, input_file: str | Path, output_file: str | Path, force: bool = False) -> int:
+def predict_file(
+    run_dir: str | Path,
+    input_file: str | Path,
+    output_file: str | Path,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
     """Predict for every row of ``input_file`` and write the rows with prediction columns to ``output_file``.
+
+    Args:
+        progress: called with (rows done, rows in all) after each chunk of rows.
 
     Returns:
         The number of rows written.
@@ -91,10 +101,19 @@ def predict_file(run_dir: str | Path, input_file: str | Path, output_file: str |
         raise TunelabError("output file already exists", file=str(output_file), hint="pass --force to replace it")
     loaded = load_run(run_dir)
     records, examples = read_prompts(str(input_file), loaded.cfg)
-    outputs = loaded.problem.predict(loaded.model, examples)
+    outputs: list[dict[str, Any]] = []
+    chunk = PREDICT_CHUNK if loaded.cfg.problem_type == "causal_lm" else 16 * PREDICT_CHUNK
+    for start in range(0, len(examples), chunk):
+        # Whole chunks, each batched and sorted by length inside: bounded memory and a progress bar that moves.
+        outputs.extend(loaded.problem.predict(loaded.model, examples[start : start + chunk]))
+        if progress is not None:
+            progress(len(outputs), len(examples))
     rows = [{**record.data, **out} for record, out in zip(records, outputs)]
     write_rows(output_file, rows)
     return len(rows)
+
+
+PREDICT_CHUNK = 64  # rows generated between progress updates
 
 
 class Runner:
@@ -152,7 +171,7 @@ class Runner:
             prompt_column=[input_key],
             **(
                 {"label_column": output_key}
-                if self.base["problem_type"] == "classification"
+                if self.base["problem_type"] in ("classification", "regression")
                 else {"answer_column": output_key}
             ),
         )
@@ -189,7 +208,7 @@ class Runner:
         """Answer a prompt (or a list) with the fine-tuned model — or the base model before ``train()``."""
         loaded = self._model()
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if loaded.cfg.problem_type == "classification":
+        if loaded.cfg.problem_type != "causal_lm":
             examples = [{"text": p} for p in prompts]
         else:
             examples = [{"messages": [{"role": "user", "content": p}]} for p in prompts]

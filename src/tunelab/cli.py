@@ -192,10 +192,21 @@ def predict(
     output_file: Path = typer.Option(..., "--output", help="Where to write predictions (.csv or .jsonl)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
 ) -> None:
-    """Predict answers (or labels) for every row of a file."""
+    """Predict answers (or labels, or values) for every row of a file, in batches, with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from tunelab.api import predict_file
 
-    count = predict_file(run_dir, input_file, output_file, force=force)
+    columns = [TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task("predict", total=None)
+        count = predict_file(
+            run_dir,
+            input_file,
+            output_file,
+            force=force,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     console.print(f"wrote {count} predictions to {output_file}")
 
 
@@ -208,10 +219,55 @@ def chat(run_dir: Path = typer.Argument(..., help="A finished causal-LM run dire
     chat_repl(run_dir, console)
 
 
+# ---------------------------------------------------------------------------------------------------------- report
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Where to write (default RUN_DIR/report.html)."),
+) -> None:
+    """Write the run's HTML report: curves, before/after metrics and the validation rows side by side."""
+    from tunelab.report import write_report
+
+    console.print(f"report: {write_report(run_dir, output)}")
+
+
+@app.command()
+def compare(
+    run_a: Path = typer.Argument(..., help="The first run directory."),
+    run_b: Path = typer.Argument(..., help="The second run directory (same validation data)."),
+    output: Path = typer.Option(Path("compare.html"), "--output", "-o", help="Where to write the HTML."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
+) -> None:
+    """Compare two runs on the same validation data in one HTML page (metrics, curves, answers side by side)."""
+    from tunelab.report import write_compare_report
+
+    if output.exists() and not force:
+        raise TunelabError("output file already exists", file=str(output), hint="pass --force to replace it")
+    console.print(f"comparison: {write_compare_report(run_a, run_b, output)}")
+
+
+# ---------------------------------------------------------------------------------------------------------- serve
+@app.command()
+def serve(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs --api-key."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="TUNELAB_API_KEY", help="Require 'Authorization: Bearer KEY' (env TUNELAB_API_KEY)."
+    ),
+    model_name: str | None = typer.Option(None, "--model-name", help="Model name to serve (default: the run's)."),
+    max_batch_size: int = typer.Option(16, "--max-batch-size", min=1, help="Most requests generated together."),
+) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/classify)."""
+    from tunelab.infer.serve import serve as run_server
+
+    run_server(run_dir, host=host, port=port, api_key=api_key, model_name=model_name, max_batch_size=max_batch_size)
+
+
 # ---------------------------------------------------------------------------------------------------------- config
 @config_app.command("init")
 def config_init(
-    problem_type: str = typer.Option("causal_lm", "--problem-type", help="causal_lm or classification."),
+    problem_type: str = typer.Option("causal_lm", "--problem-type", help="causal_lm, classification or regression."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write here instead of printing."),
     force: bool = typer.Option(False, "--force", help="Replace an existing file."),
 ) -> None:
@@ -220,7 +276,7 @@ def config_init(
     from tunelab.io import write_text_atomic
 
     base: dict[str, Any] = {"problem_type": problem_type}
-    if problem_type == "classification":
+    if problem_type in ("classification", "regression"):
         base.update(llm_backbone="all-minilm-l6-v2", dataset={"prompt_column": ["text"], "label_column": "label"})
     cfg = load_config(base=base)
     text = commented_yaml(cfg)

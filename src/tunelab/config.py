@@ -19,15 +19,24 @@ from tunelab.errors import ConfigError
 PROBLEM_TYPES = ("causal_lm", "classification")
 # The metrics each problem type can compute; the first is the default ``prediction.metric``.
 PROBLEM_METRICS: dict[str, tuple[str, ...]] = {
-    "causal_lm": ("BLEU", "Perplexity"),
-    "classification": ("Accuracy", "F1", "AUC"),
+    "causal_lm": ("BLEU", "Perplexity", "chrF", "ROUGE_L", "Exact_Match", "judge"),
+    "classification": ("Accuracy", "F1", "F1_Micro", "AUC", "MCC"),
+    "regression": ("MAE", "RMSE", "R2"),
 }
 PROBLEM_LOSSES: dict[str, tuple[str, ...]] = {
     "causal_lm": ("CrossEntropy",),
     "classification": ("CrossEntropy",),
+    "regression": ("MSE", "L1", "Huber"),
 }
 # Metrics where a lower value is better; everything else is maximised.
-LOWER_IS_BETTER = {"Perplexity", "perplexity", "loss"}
+LOWER_IS_BETTER = {"Perplexity", "perplexity", "loss", "MAE", "mae", "RMSE", "rmse"}
+# A user metric: an importable "module:function" (or "path/to/file.py:function").
+CUSTOM_METRIC = re.compile(r"^[\w./\\-]+:[A-Za-z_]\w*$")
+
+
+def metric_key(name: str) -> str:
+    """The key a metric has in the metrics of an evaluation: lower case; a custom metric by its function name."""
+    return name.rsplit(":", 1)[-1].lower() if CUSTOM_METRIC.match(name) else name.lower()
 
 
 class Section(BaseModel):
@@ -212,7 +221,11 @@ class ArchitectureConfig(Section):
 
 
 class TrainingConfig(Section):
-    loss_function: str = Field("CrossEntropy", description="Training loss.")
+    loss_function: str = Field(
+        "",
+        description="Training loss: CrossEntropy (causal LM, classification); MSE, L1 or Huber (regression). "
+        "Empty = the problem type's default.",
+    )
     optimizer: Literal[
         "AdamW", "Adam", "SGD", "RMSprop", "Adadelta", "AdamW8bit", "PagedAdamW", "PagedAdamW8bit", "Adafactor", "Lion"
     ] = Field(
@@ -333,13 +346,27 @@ class TrainingConfig(Section):
 class PredictionConfig(Section):
     metric: str = Field(
         "",
-        description="Validation metric that picks the best checkpoint: BLEU or Perplexity (causal LM); "
-        "Accuracy, F1 or AUC (classification). Empty = the problem type's default.",
+        description="Validation metric that picks the best checkpoint. Causal LM: BLEU, Perplexity, chrF, ROUGE_L, "
+        "Exact_Match, judge (an LLM grades each answer, see the judge section) or a Python function "
+        "'module:function' (called with predictions and references, returns a number); classification: Accuracy, "
+        "F1 (macro), F1_Micro, AUC, MCC; regression: MAE, RMSE, R2. Empty = the problem type's default.",
+    )
+    metrics: list[str] = Field(
+        default_factory=list,
+        description="More metrics to report beside `metric` (same names); loss is always reported.",
+    )
+    eval_max_rows: int = Field(
+        0,
+        ge=0,
+        description="Evaluate at most this many validation rows (a fixed sample) during training; the final "
+        "evaluation uses every row. 0 = every row every time.",
     )
     min_length_inference: int = Field(2, ge=0, description="Fewest new tokens generated per answer.")
     max_length_inference: int = Field(256, ge=1, description="Most new tokens generated per answer.")
     batch_size_inference: int = Field(
-        0, ge=0, description="Rows per generation/prediction batch; 0 = training batch size."
+        0,
+        ge=0,
+        description="Rows per generation/prediction batch; 0 = auto (as many as the memory planner fits, at most 64).",
     )
     do_sample: bool = Field(False, description="Sample answers instead of greedy decoding.")
     num_beams: int = Field(1, ge=1, le=64, description="Beam-search width; 1 = no beam search.")
@@ -347,6 +374,28 @@ class PredictionConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus-sampling share (with do_sample).")
     repetition_penalty: float = Field(1.0, gt=0, description="Penalty for repeating tokens; 1.0 = none.")
     stop_tokens: str = Field("", description="Comma-separated strings that end generation in addition to EOS.")
+
+
+class JudgeConfig(Section):
+    base_url: str = Field(
+        "",
+        description="OpenAI-compatible endpoint of the judge model, e.g. https://api.openai.com/v1 or the address "
+        "of a `tunelab serve`; needed when a metric is 'judge'.",
+    )
+    model: str = Field("", description="Model name sent to the judge endpoint.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Name of the environment variable that holds the judge's API key (may be unset)."
+    )
+    prompt_template: str = Field(
+        "",
+        description="Judge prompt with {question}, {reference} and {answer}; a .txt path or inline text. Empty = the "
+        "built-in prompt asking for a score from 1 to 10.",
+    )
+    max_concurrency: int = Field(4, ge=1, le=256, description="Judge requests in flight at once.")
+    max_retries: int = Field(3, ge=0, le=20, description="Retries of a failed request (with exponential backoff).")
+    timeout: float = Field(60.0, gt=0, description="Seconds to wait for one judge reply.")
+    max_tokens: int = Field(64, ge=1, description="Most tokens of a judge reply.")
+    cache: bool = Field(True, description="Remember judge replies on disk so re-evaluating the same answers is free.")
 
 
 class EnvironmentConfig(Section):
@@ -383,6 +432,7 @@ SECTIONS: dict[str, type[Section]] = {
     "architecture": ArchitectureConfig,
     "training": TrainingConfig,
     "prediction": PredictionConfig,
+    "judge": JudgeConfig,
     "environment": EnvironmentConfig,
 }
 
@@ -392,8 +442,10 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
-    problem_type: Literal["causal_lm", "classification"] = Field(
-        "causal_lm", description="What is trained: 'causal_lm' (instruction/chat SFT) or 'classification'."
+    problem_type: Literal["causal_lm", "classification", "regression"] = Field(
+        "causal_lm",
+        description="What is trained: 'causal_lm' (instruction/chat SFT), 'classification' or 'regression' "
+        "(one number per text, from label_column).",
     )
     experiment_name: str = Field(
         "tunelab-run", min_length=1, description="Name of the run; its directory is output_directory/experiment_name."
@@ -421,6 +473,9 @@ class RunConfig(BaseModel):
     prediction: PredictionConfig = Field(
         default_factory=PredictionConfig, description="Validation metric and generation settings."
     )
+    judge: JudgeConfig = Field(
+        default_factory=JudgeConfig, description="The LLM that grades answers when a metric is 'judge'."
+    )
     environment: EnvironmentConfig = Field(
         default_factory=EnvironmentConfig, description="Precision, data-loading workers and the random seed."
     )
@@ -436,6 +491,11 @@ class RunConfig(BaseModel):
     def _cross_field_rules(self) -> RunConfig:
         if not self.prediction.metric:
             self.prediction.metric = PROBLEM_METRICS[self.problem_type][0]
+        if not self.training.loss_function:
+            self.training.loss_function = PROBLEM_LOSSES[self.problem_type][0]
+        canonical = {m.lower(): m for m in PROBLEM_METRICS[self.problem_type]}
+        self.prediction.metric = canonical.get(self.prediction.metric.lower(), self.prediction.metric)
+        self.prediction.metrics = [canonical.get(m.lower(), m) for m in self.prediction.metrics]
         problems = self.problems()
         if problems:
             raise ValueError("\n".join(f"{path}: {message}" for path, message in problems))
@@ -445,14 +505,18 @@ class RunConfig(BaseModel):
         """Every cross-field inconsistency as (dotted field path, message)."""
         found = []
         metrics = PROBLEM_METRICS[self.problem_type]
-        if self.prediction.metric not in metrics:
-            found.append(
-                (
-                    "prediction.metric",
-                    f"'{self.prediction.metric}' is not a {self.problem_type} metric; "
-                    f"choose one of {', '.join(metrics)}",
-                )
+        for path, name in [("prediction.metric", self.prediction.metric)] + [
+            ("prediction.metrics", m) for m in self.prediction.metrics
+        ]:
+            if name in metrics or CUSTOM_METRIC.match(name):
+                continue
+            close = [m for m in metrics if m.lower() == name.lower()]
+            hint = (
+                f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(metrics)} or 'module:function'"
             )
+            found.append((path, f"'{name}' is not a {self.problem_type} metric; {hint}"))
+        if "judge" in self.all_metrics() and not (self.judge.base_url and self.judge.model):
+            found.append(("judge.base_url", "the judge metric needs judge.base_url and judge.model"))
         losses = PROBLEM_LOSSES[self.problem_type]
         if self.training.loss_function not in losses:
             found.append(
@@ -464,12 +528,17 @@ class RunConfig(BaseModel):
             )
         if self.dataset.validation_strategy == "custom" and not self.dataset.validation_dataframe:
             found.append(("dataset.validation_dataframe", "required when validation_strategy is 'custom'"))
-        if self.problem_type == "classification" and not self.dataset.label_column:
-            found.append(("dataset.label_column", "required for classification"))
-        if self.problem_type == "classification" and self.training.packing:
-            found.append(("training.packing", "packing is for causal LM training; turn it off for classification"))
-        if self.problem_type == "classification" and self.dataset.format not in ("auto", "columns"):
-            found.append(("dataset.format", "classification reads text and label columns: use 'auto' or 'columns'"))
+        scored = self.problem_type in ("classification", "regression")
+        if scored and not self.dataset.label_column:
+            found.append(("dataset.label_column", f"required for {self.problem_type}"))
+        if scored and self.training.packing:
+            found.append(
+                ("training.packing", f"packing is for causal LM training; turn it off for {self.problem_type}")
+            )
+        if scored and self.dataset.format not in ("auto", "columns"):
+            found.append(
+                ("dataset.format", f"{self.problem_type} reads text and label columns: use 'auto' or 'columns'")
+            )
         if self.training.metric_for_best and self.training.metric_for_best.lower() not in self.metric_names():
             found.append(
                 (
@@ -495,7 +564,7 @@ class RunConfig(BaseModel):
                 )
             )
         if self.training.adapter == "freeze" and not (
-            self.training.trainable_layers or self.training.trainable_patterns or self.problem_type == "classification"
+            self.training.trainable_layers or self.training.trainable_patterns or self.problem_type != "causal_lm"
         ):
             found.append(
                 ("training.trainable_layers", "freeze trains nothing: set trainable_layers or trainable_patterns")
@@ -508,13 +577,19 @@ class RunConfig(BaseModel):
             found.append(("dataset.answer_column", "required for causal_lm"))
         return found
 
+    def all_metrics(self) -> list[str]:
+        """The configured metrics (``prediction.metric`` first, then ``prediction.metrics``), as written."""
+        out = [self.prediction.metric] if self.prediction.metric else []
+        return out + [m for m in self.prediction.metrics if m not in out]
+
     def metric_names(self) -> list[str]:
-        """The lower-case metric names evaluation reports for this problem type (``loss`` included)."""
-        return ["loss", *(m.lower() for m in PROBLEM_METRICS[self.problem_type])]
+        """The lower-case metric keys evaluation can report for this run (``loss`` included)."""
+        names = ["loss", *(m.lower() for m in PROBLEM_METRICS[self.problem_type] if m != "judge")]
+        return names + [metric_key(m) for m in self.all_metrics() if metric_key(m) not in names]
 
     def best_metric(self) -> str:
         """The lower-case metric that picks the best checkpoint."""
-        return (self.training.metric_for_best or self.prediction.metric).lower()
+        return metric_key(self.training.metric_for_best or self.prediction.metric)
 
     @property
     def run_dir(self) -> Path:

@@ -286,7 +286,7 @@ def detect_format(record: Record, cfg: RunConfig) -> str:
     """The format of a record, from its fields (``dataset.format: auto``)."""
     keys = set(record.data)
     ds = cfg.dataset
-    if cfg.problem_type == "classification":
+    if cfg.problem_type in ("classification", "regression"):
         return "classification"
     if ds.chosen_column in keys and ds.rejected_column in keys:
         return "preference"
@@ -391,7 +391,7 @@ def check_file(source: Any, cfg: RunConfig) -> tuple[int, str]:
 def prompt_only_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
     """A record for prediction: the prompt (all turns before the answer); the answer/label as reference if present."""
     ds = cfg.dataset
-    if cfg.problem_type == "classification":
+    if cfg.problem_type in ("classification", "regression"):
         text = "\n".join(cell_text(record, column) for column in ds.prompt_column)
         reference = cell_text(record, ds.label_column, required=False) if ds.label_column in record.data else None
         return {"text": text, "reference": reference}

@@ -81,7 +81,8 @@ def plan_split(cfg: RunConfig, problem: Any, fit: bool = True) -> SplitPlan:
     if ds.validation_strategy == "custom":
         train_idx, val_idx = np.arange(n_rows), np.array([], dtype=np.int64)
     else:
-        strata = [json.dumps(label) for label in labels] if labels else None
+        stratify = labels and getattr(problem, "stratify", True)
+        strata = [json.dumps(label) for label in labels] if stratify else None
         train_idx, val_idx = split_indices(
             n_rows, ds.validation_size, ds.split_seed, strata, source_name(ds.train_dataframe)
         )
@@ -188,6 +189,8 @@ def build_splits(cfg: RunConfig, problem: Any, use_cache: bool = True) -> DataSp
     }
     if test is not None:
         info["test_rows"] = len(test)
+    if getattr(problem, "target_stats", None):
+        info["target_stats"] = list(problem.target_stats)
     if getattr(problem, "classes", None):
         info["classes"] = list(problem.classes)
         info["multi_label"] = bool(getattr(problem, "multi_label", False))
@@ -293,6 +296,8 @@ def load_cached(key: str, problem: Any) -> DataSplits | None:
     started = time.perf_counter()
     info = json.loads((target / "info.json").read_text(encoding="utf-8"))
     examples = json.loads((target / "examples.json").read_text(encoding="utf-8"))
+    if info.get("target_stats"):
+        problem.target_stats = tuple(info["target_stats"])
     if info.get("classes"):
         # Refit from the saved classes: one multi-label row holding them all, or each class once.
         problem.fit([info["classes"]] if info.get("multi_label") else info["classes"], "cache")

@@ -41,7 +41,7 @@ def parity_examples(loaded: Any) -> list[dict[str, Any]]:
         path = loaded.run.path / "validation_predictions.csv"
         with open(path, encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
-        key = "text" if loaded.cfg.problem_type == "classification" else "messages"
+        key = "messages" if loaded.cfg.problem_type == "causal_lm" else "text"
         examples = [
             {key: r["prompt"]} if key == "text" else {key: [{"role": "user", "content": r["prompt"]}]} for r in rows
         ]
@@ -52,7 +52,7 @@ def parity_examples(loaded: Any) -> list[dict[str, Any]]:
 def model_outputs(model: Any, loaded: Any, examples: list[dict[str, Any]]) -> dict[str, Any]:
     """What parity compares: greedy answers and prompt logits (causal LM), or class probabilities."""
     problem = loaded.problem
-    if loaded.cfg.problem_type == "classification":
+    if loaded.cfg.problem_type != "causal_lm":
         return {"predictions": problem.predict(model, examples)}
     from tunelab.infer.generate import generate_batched
 

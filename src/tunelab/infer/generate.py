@@ -10,6 +10,40 @@ import torch
 from tunelab.config import PredictionConfig
 from tunelab.data.collate import pad_left
 
+# On CPU, generation speed stops improving beyond about this many rows per batch (measured with SmolLM2-135M on
+# 2 cores: bench/eval_speed.py); bigger batches only add padding waste.
+CPU_AUTO_BATCH = 16
+MAX_AUTO_BATCH = 64
+
+
+def kv_bytes_per_token(model: Any) -> int:
+    """Bytes of KV cache one token costs across all layers (keys and values)."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    layers = getattr(config, "num_hidden_layers", 12)
+    heads = getattr(config, "num_attention_heads", 12)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or getattr(config, "hidden_size", 768) // heads
+    dtype = next(model.parameters()).dtype
+    width = 4 if dtype == torch.float32 else 2
+    return 2 * layers * kv_heads * head_dim * width
+
+
+def auto_batch_size(model: Any, longest_prompt: int, max_new_tokens: int, configured: int = 0) -> int:
+    """Rows per generate call: ``configured`` when set; else what fits the free GPU memory, or 16 on a CPU.
+
+    On a GPU the KV cache of the whole batch may take half of the free memory (the other half is for activations
+    and the logits of each step).
+    """
+    if configured > 0:
+        return configured
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return CPU_AUTO_BATCH
+    free, _ = torch.cuda.mem_get_info(device)
+    per_row = kv_bytes_per_token(model) * (longest_prompt + max_new_tokens)
+    return int(max(1, min(MAX_AUTO_BATCH, (free * 0.5) // max(per_row, 1))))
+
 
 def stop_strings(prediction: PredictionConfig) -> list[str]:
     return [s for s in (part.strip() for part in prediction.stop_tokens.split(",")) if s]
@@ -70,7 +104,7 @@ def generate_batched(
         tokenizer: its tokenizer (for pad/EOS ids and decoding).
         prompts: token ids of each prompt.
         prediction: the prediction settings.
-        batch_size: prompts per generate call.
+        batch_size: prompts per generate call; 0 = ``auto_batch_size``.
         device: where to run; defaults to the model's device.
         on_batch: called with the number of prompts finished after each batch.
 
@@ -82,6 +116,8 @@ def generate_batched(
     model.eval()
     kwargs = generation_kwargs(prediction, tokenizer, model)
     stops = stop_strings(prediction)
+    longest = max((len(p) for p in prompts), default=0)
+    batch_size = auto_batch_size(model, longest, prediction.max_length_inference, batch_size)
     # Longest first: similar lengths share a batch, and a memory problem shows up at once.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     answers: list[str] = [""] * len(prompts)

@@ -123,7 +123,7 @@ def apply_adapter(model: Any, cfg: RunConfig) -> Any:
         ConfigError: when the method does not fit this backbone or problem type.
     """
     method = cfg.training.adapter
-    classification = cfg.problem_type == "classification"
+    classification = cfg.problem_type != "causal_lm"  # a head on top: classification or regression
     if method == "none":
         for param in model.parameters():
             param.requires_grad_(True)

@@ -9,16 +9,45 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunelab.config import RunConfig
+from tunelab.config import CUSTOM_METRIC, RunConfig, metric_key
 from tunelab.data.collate import pack_causal, pad_causal
 from tunelab.data.prompts import IGNORE_INDEX, PromptRenderer, apply_template_setting
 from tunelab.data.readers import Record
 from tunelab.data.tokenize import EncodedSplit, SplitBuilder
-from tunelab.evaluate.metrics import compute_bleu, compute_perplexity, compute_sentence_bleu
+from tunelab.evaluate.metrics import TEXT_METRICS, compute_custom_metric, compute_perplexity
 from tunelab.infer.generate import generate_batched
 from tunelab.models.adapters import is_prompt_learning, unwrap
 from tunelab.problems import PROBLEMS
 from tunelab.problems.base import EvalResult
+
+
+def score_answers(
+    cfg: RunConfig, prompts: list[str], answers: list[str], references: list[str]
+) -> tuple[dict[str, float], list[float]]:
+    """Every configured answer metric (BLEU always), and a per-row score for the report.
+
+    The per-row score follows the metric that picks the best checkpoint when it has one per row (a text metric or
+    the judge); otherwise sentence BLEU.
+    """
+    names = ["BLEU"] + [m for m in cfg.all_metrics() if m.lower() not in ("bleu", "perplexity")]
+    metrics: dict[str, float] = {}
+    per_row: dict[str, list[float]] = {}
+    for name in names:
+        key = metric_key(name)
+        if key in TEXT_METRICS:
+            corpus, row_score = TEXT_METRICS[key]
+            metrics[key] = corpus(answers, references)
+            per_row[key] = [row_score(a, r) for a, r in zip(answers, references)]
+        elif key == "judge":
+            from tunelab.evaluate.judge import judge_answers
+
+            result = judge_answers(cfg.judge, prompts, references, answers)
+            metrics.update(result.metrics())
+            per_row[key] = [float("nan") if s is None else s for s in result.scores]
+        elif CUSTOM_METRIC.match(name):
+            metrics[key] = compute_custom_metric(name, answers, references)
+    best = cfg.best_metric()
+    return metrics, per_row.get(best, per_row["bleu"])
 
 
 def _head_fast_path(model: Any) -> tuple[Any, Any] | None:
@@ -160,7 +189,13 @@ class CausalLMProblem:
         return out
 
     def inference_batch_size(self) -> int:
-        return self.cfg.prediction.batch_size_inference or self.cfg.training.batch_size
+        """Rows per generate call; 0 lets ``generate_batched`` pick (auto)."""
+        return self.cfg.prediction.batch_size_inference
+
+    def loss_batch_size(self) -> int:
+        """Rows per validation-loss batch: the inference batch size, else the training one."""
+        train = self.cfg.training.batch_size
+        return self.cfg.prediction.batch_size_inference or (train if isinstance(train, int) else 8)
 
     @torch.no_grad()
     def validation_loss(self, model: Any, split: EncodedSplit) -> tuple[float, np.ndarray]:
@@ -170,7 +205,7 @@ class CausalLMProblem:
         model.eval()
         row_sum = torch.zeros(len(split), dtype=torch.float64)
         row_count = torch.zeros(len(split), dtype=torch.float64)
-        batch_size = self.inference_batch_size()
+        batch_size = self.loss_batch_size()
         for start in range(0, len(split), batch_size):
             indices = list(range(start, min(start + batch_size, len(split))))
             batch = {k: v.to(device) for k, v in self.collate(split, indices, train=False).items()}
@@ -200,20 +235,16 @@ class CausalLMProblem:
         references = [ex["messages"][-1]["content"] for ex in examples]
         prompts = [ex["messages"][-2]["content"] for ex in examples]  # the last user turn, as written
         answers = [""] * len(examples)
+        scores = [float("nan")] * len(examples)
         if generate:
             answers = generate_batched(
                 model, self.tokenizer, self.prompt_ids(examples), self.cfg.prediction, self.inference_batch_size()
             )
-            metrics["bleu"] = compute_bleu(answers, references)
+            answer_metrics, scores = score_answers(self.cfg, prompts, answers, references)
+            metrics.update(answer_metrics)
         rows = [
-            {
-                "prompt": p,
-                "reference": r,
-                "prediction": a,
-                "score": compute_sentence_bleu(a, r) if generate else float("nan"),
-                "loss": float(lo),
-            }
-            for p, r, a, lo in zip(prompts, references, answers, per_row_loss)
+            {"prompt": p, "reference": r, "prediction": a, "score": sc, "loss": float(lo)}
+            for p, r, a, sc, lo in zip(prompts, references, answers, scores, per_row_loss)
         ]
         return EvalResult(metrics, rows)
 

@@ -11,15 +11,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunelab.config import RunConfig
+from tunelab.config import CUSTOM_METRIC, RunConfig, metric_key
 from tunelab.data.collate import pad_classification
 from tunelab.data.readers import Record
 from tunelab.data.tokenize import EncodedSplit, SplitBuilder
 from tunelab.errors import DataError, RunDirError
-from tunelab.evaluate.metrics import compute_classification_metrics, compute_multilabel_metrics
+from tunelab.evaluate.metrics import (
+    compute_classification_metrics,
+    compute_custom_metric,
+    compute_multilabel_metrics,
+    compute_regression_metrics,
+)
 from tunelab.io import write_json_atomic
 from tunelab.problems import PROBLEMS
 from tunelab.problems.base import EvalResult
+
+
+def custom_metrics(cfg: RunConfig, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+    """The user's ``module:function`` metrics, called with predicted and true labels (or values)."""
+    return {
+        metric_key(name): compute_custom_metric(name, predictions, references)
+        for name in cfg.all_metrics()
+        if CUSTOM_METRIC.match(name)
+    }
 
 
 def sort_labels(labels: set[str]) -> list[str]:
@@ -134,13 +148,18 @@ class ClassificationProblem:
         return F.cross_entropy(logits, batch["labels"], reduction="sum"), torch.tensor(len(batch["labels"]))
 
     # ------------------------------------------------------------------ evaluation
+    def batch_size(self) -> int:
+        """Rows per prediction batch: the inference batch size, else the training one."""
+        train = self.cfg.training.batch_size
+        return self.cfg.prediction.batch_size_inference or (train if isinstance(train, int) else 32)
+
     @torch.no_grad()
     def probabilities(self, model: Any, split: EncodedSplit) -> np.ndarray:
         """Class probabilities for every row of ``split``, shape [rows, classes]."""
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
-        batch_size = self.cfg.prediction.batch_size_inference or self.cfg.training.batch_size
+        batch_size = self.batch_size()
         out = []
         for start in range(0, len(split), batch_size):
             indices = list(range(start, min(start + batch_size, len(split))))
@@ -164,6 +183,7 @@ class ClassificationProblem:
             clipped = np.clip(probs, 1e-7, 1 - 1e-7)
             bce = -(targets * np.log(clipped) + (1 - targets) * np.log(1 - clipped)).mean()
             metrics = {"loss": float(bce), **metrics}
+            metrics.update(custom_metrics(self.cfg, [self._names(p) for p in probs], [ex["label"] for ex in examples]))
             rows = [
                 {
                     "prompt": ex["text"],
@@ -177,18 +197,19 @@ class ClassificationProblem:
         metrics = compute_classification_metrics(targets, probs)
         picked = probs[np.arange(len(targets)), targets]
         metrics = {"loss": float(-np.log(np.clip(picked, 1e-12, None)).mean()), **metrics}
-        rows = []
-        for ex, p, t in zip(examples, probs, targets):
-            guess = int(p.argmax())
-            rows.append(
-                {
-                    "prompt": ex["text"],
-                    "reference": self.classes[t],
-                    "prediction": self.classes[guess],
-                    "score": float(guess == t),
-                    "confidence": float(p[guess]),
-                }
-            )
+        guesses = probs.argmax(axis=1)
+        metrics.update(custom_metrics(self.cfg, [self.classes[g] for g in guesses], [self.classes[t] for t in targets]))
+        rows = [
+            {
+                "prompt": ex["text"],
+                "reference": self.classes[t],
+                "prediction": self.classes[g],
+                "score": float(g == t),
+                "confidence": float(p[g]),
+                "p_true": float(p[t]),
+            }
+            for ex, p, t, g in zip(examples, probs, targets, guesses)
+        ]
         return EvalResult(metrics, rows)
 
     def _names(self, probs: np.ndarray) -> str:
@@ -219,3 +240,123 @@ class ClassificationProblem:
         saved = json.loads(path.read_text(encoding="utf-8"))
         self._set_classes(saved["classes"])
         self.multi_label = bool(saved.get("multi_label", False))
+
+
+@PROBLEMS.register("regression")
+class RegressionProblem(ClassificationProblem):
+    """One number per text (a score, a rating): a one-output head trained on standardised targets.
+
+    Targets are standardised with the training rows' mean and standard deviation (saved with the run), so the
+    learning rate that suits classification suits regression too; predictions are mapped back to the data's scale.
+    """
+
+    name: ClassVar[str] = "regression"
+    stratify = False  # every value is its own stratum: split at random
+
+    def __init__(self, cfg: RunConfig, tokenizer: Any):
+        super().__init__(cfg, tokenizer)
+        self.target_stats: tuple[float, float] = (0.0, 1.0)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"num_labels": 1, "problem_type": "regression", "pad_token_id": self.tokenizer.pad_token_id}
+
+    def _number(self, label: Any, where: str, record: Record | None = None) -> float:
+        try:
+            value = float(label)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not np.isfinite(value):
+            message = f"label '{label}' is not a finite number; regression needs numeric labels"
+            if record is not None:
+                raise record.error(message, field=self.cfg.dataset.label_column)
+            raise DataError(message, file=where, field=self.cfg.dataset.label_column, hint="fix or drop that row")
+        return value
+
+    def fit(self, labels: list[Any], source: str) -> None:
+        values = np.asarray([self._number(label, source) for label in labels], dtype=np.float64)
+        if len(values) < 2 or values.std() == 0:
+            raise DataError(
+                "the label column has fewer than two different values; regression needs them to vary",
+                file=source,
+                field=self.cfg.dataset.label_column,
+                hint="check dataset.label_column",
+            )
+        self.target_stats = (float(values.mean()), float(values.std()))
+
+    def _target(self, label: Any, record: Record) -> Any:
+        mean, std = self.target_stats
+        return (self._number(label, "", record) - mean) / std
+
+    def encode(self, example: dict[str, Any], builder: SplitBuilder, row: int, record: Record) -> None:
+        ids, truncated = self._ids(example["text"])
+        builder.add(
+            ids,
+            row,
+            target=[self._target(example["label"], record)],
+            truncated=truncated,
+            empty=not example["text"].strip(),
+            prompt_length=len(ids),
+            answer_length=0,
+            ends_eos=True,
+        )
+
+    def _loss(self, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        kind = self.cfg.training.loss_function
+        if kind == "L1":
+            return F.l1_loss(predicted, target, reduction="sum")
+        if kind == "Huber":
+            return F.huber_loss(predicted, target, reduction="sum")
+        return F.mse_loss(predicted, target, reduction="sum")
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()[:, 0]
+        target = batch["labels"].float().reshape(-1)
+        return self._loss(out, target), torch.tensor(len(target))
+
+    @torch.no_grad()
+    def values(self, model: Any, split: EncodedSplit) -> np.ndarray:
+        """Predictions on the data's own scale, one per row."""
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        batch_size = self.batch_size()
+        out = []
+        for start in range(0, len(split), batch_size):
+            indices = list(range(start, min(start + batch_size, len(split))))
+            batch = pad_classification(split, indices, self.tokenizer.pad_token_id)
+            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+            out.append(logits.logits.float()[:, 0].cpu().numpy())
+        model.train(was_training)
+        mean, std = self.target_stats
+        return np.concatenate(out) * std + mean if out else np.zeros(0)
+
+    def evaluate(
+        self, model: Any, split: EncodedSplit, examples: list[dict[str, Any]], generate: bool = True
+    ) -> EvalResult:
+        predicted = self.values(model, split)
+        assert split.targets is not None
+        mean, std = self.target_stats
+        truth = split.targets.reshape(-1) * std + mean
+        scaled = self._loss(torch.from_numpy((predicted - mean) / std), torch.from_numpy((truth - mean) / std))
+        metrics = {"loss": float(scaled) / max(len(truth), 1), **compute_regression_metrics(truth, predicted)}
+        metrics.update(custom_metrics(self.cfg, predicted.tolist(), truth.tolist()))
+        rows = [
+            {"prompt": ex["text"], "reference": float(t), "prediction": float(p), "score": -abs(float(p - t))}
+            for ex, p, t in zip(examples, predicted, truth)
+        ]
+        return EvalResult(metrics, rows)
+
+    def predict(self, model: Any, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        builder = SplitBuilder()
+        for i, ex in enumerate(examples):
+            builder.add(self._ids(ex["text"])[0], i + 1, target=[0.0])
+        return [{"prediction": float(v)} for v in self.values(model, builder.build())]
+
+    def save(self, run_dir: Path) -> None:
+        write_json_atomic(run_dir / "labels.json", {"regression": True, "target_stats": list(self.target_stats)})
+
+    def load(self, run_dir: Path) -> None:
+        path = run_dir / "labels.json"
+        if not path.is_file():
+            raise RunDirError("labels.json is missing from the run directory", file=str(run_dir))
+        self.target_stats = tuple(json.loads(path.read_text(encoding="utf-8"))["target_stats"])

@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tunelab.config import LOWER_IS_BETTER
 from tunelab.io import atomic_path
 from tunelab.models.adapters import trainable_state
@@ -43,6 +45,8 @@ class Evaluator:
         self.best: EvalResult | None = None
         self.final_best_step: int | None = None
         self.stale = 0  # evaluations since the last improvement
+        self._sampled: tuple[Any, list[dict[str, Any]]] | None = None
+        self.sampled_last = False  # whether the last evaluation saw the sample only
 
     @property
     def best_path(self) -> Path:
@@ -53,13 +57,26 @@ class Evaluator:
     def main(self) -> bool:
         return self.s.accelerator.is_main_process
 
-    def _evaluate(self) -> EvalResult:
-        """Evaluate on the main process and share the metrics with the others."""
+    def _sample(self) -> tuple[Any, list[dict[str, Any]]] | None:
+        """The fixed validation sample of ``prediction.eval_max_rows`` (None when evaluating every row)."""
+        limit, data = self.s.cfg.prediction.eval_max_rows, self.s.data
+        if not limit or limit >= len(data.validation) or len(data.validation_examples) != len(data.validation):
+            return None
+        if self._sampled is None:
+            rng = np.random.default_rng(self.s.seed)
+            rows = np.sort(rng.choice(len(data.validation), size=limit, replace=False))
+            self._sampled = (data.validation.subset(rows), [data.validation_examples[i] for i in rows])
+        return self._sampled
+
+    def _evaluate(self, full: bool = True) -> EvalResult:
+        """Evaluate on the main process (every row, or the fixed sample) and share the metrics with the others."""
         from accelerate.utils import broadcast_object_list
 
         result = None
         if self.main:
-            result = self.s.problem.evaluate(self.s.model, self.s.data.validation, self.s.data.validation_examples)
+            sample = None if full else self._sample()
+            split, examples = sample or (self.s.data.validation, self.s.data.validation_examples)
+            result = self.s.problem.evaluate(self.s.model, split, examples)
         if self.s.accelerator.num_processes > 1:
             shared = [result.metrics if result else None]
             broadcast_object_list(shared)
@@ -69,8 +86,11 @@ class Evaluator:
 
     def run(self, state: TrainState, phase: str) -> EvalResult:
         """Evaluate now; ``phase`` is "before" (the untouched backbone) or "during"."""
-        self.console.print(f"evaluating ({phase} training) on {len(self.s.data.validation)} rows ...")
-        result = self._evaluate()
+        full = phase == "before" or self._sample() is None
+        rows = len(self.s.data.validation) if full else self.s.cfg.prediction.eval_max_rows
+        self.console.print(f"evaluating ({phase} training) on {rows} rows ...")
+        result = self._evaluate(full)
+        self.sampled_last = phase != "before" and not full
         if phase == "before":
             self.before = result
             return result
@@ -113,6 +133,12 @@ class Evaluator:
                 f"keeping the best checkpoint (step {state.best_step}, {self.key} {state.best_metric:.4g})"
             )
             self.last = self.best
+            self.sampled_last = self.sampled_last or self._sample() is not None
+        if self.sampled_last:
+            # During training only the sample was evaluated: the final numbers cover every row.
+            self.console.print(f"final evaluation on all {len(self.s.data.validation)} validation rows ...")
+            self.last = self._evaluate(full=True)
+            self.sampled_last = False
         assert self.last is not None
         self.final_best_step = state.best_step
         return self.last
@@ -139,6 +165,7 @@ class Evaluator:
 
         self.before, self.best, self.last = unpack(saved["before"]), unpack(saved["best"]), unpack(saved["last"])
         self.last_step, self.stale, self.key = saved["last_step"], saved["stale"], saved["key"]
+        self.sampled_last = self.last is not None and self._sample() is not None
 
     # ------------------------------------------------------------------ results
     def metrics_summary(self) -> dict[str, dict[str, float]]:
@@ -157,8 +184,9 @@ class Evaluator:
         rows = [dict(r) for r in self.last.rows]
         if self.before is not None:
             for row, old in zip(rows, self.before.rows):
-                row["prediction_before"] = old["prediction"]
-                row["score_before"] = old["score"]
+                for key in ("prediction", "score", "confidence", "p_true"):
+                    if key in old:
+                        row[f"{key}_before"] = old[key]
         return rows
 
     def examples(self, n: int) -> list[dict[str, Any]]:

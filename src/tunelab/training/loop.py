@@ -179,6 +179,7 @@ def train(
         )
         run.save_info(info)
         registry.update(run_id, status="finished", metrics=metrics, ended=True)
+        _write_report(run, console)
     s.accelerator.wait_for_everyone()
     return RunResult(
         run.path, metrics, s.parameters.trainable, s.parameters.total, evaluator.examples(2) if main else [], run_id
@@ -234,6 +235,16 @@ def _save_results(
         run.save_metrics(metrics)
         run.save_predictions(test.rows, "test_predictions.csv")
         console.print("test: " + ", ".join(f"{k} {v:.4g}" for k, v in test.metrics.items()))
+
+
+def _write_report(run: RunDirectory, console: Any) -> None:
+    """report.html for the finished run; a report that fails to render never fails the run it describes."""
+    from tunelab.report import write_report
+
+    try:
+        console.print(f"report: {write_report(run.path)}")
+    except Exception as exc:  # the model and metrics are already saved; say what went wrong and go on
+        console.print(f"could not write report.html ({type(exc).__name__}: {exc}); try: tunelab report {run.path}")
 
 
 def fit(

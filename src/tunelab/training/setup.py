@@ -209,6 +209,10 @@ def setup(cfg: RunConfig, seed: int, check: bool = True, console: Any = None) ->
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    if "judge" in cfg.all_metrics():
+        from tunelab.evaluate.judge import load_judge_template
+
+        load_judge_template(cfg.judge)  # a bad judge prompt fails now, not after training
     # Seed first: data order, dropout and new heads all draw from it.
     set_seed(seed)
     accelerator = Accelerator(

@@ -1,0 +1,860 @@
+"""``tunelab serve``: an OpenAI-compatible HTTP server for a finished run.
+
+Request handlers only validate, tokenise and queue work: ONE worker thread owns the model, because a model is not
+safe to drive from several threads and one owner keeps memory predictable. The worker waits up to ``batch_wait_ms``
+for more requests, then answers the ones with the same sampling settings with a single left-padded ``generate``
+call. A per-row stopping criterion gives every row its own ``max_tokens`` and stop strings and hands its new text to
+the client as it is generated, so streaming requests share batches with the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hmac
+import ipaddress
+import json
+import logging
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from tunelab.data.collate import pad_left
+from tunelab.errors import TunelabError
+from tunelab.infer.generate import cut_at_stops, generation_kwargs, stop_strings
+from tunelab.infer.model import LoadedRun, load_run
+from tunelab.models.adapters import is_prompt_learning, unwrap
+
+log = logging.getLogger("tunelab.serve")
+
+MAX_CHOICES = 128
+MAX_STOPS = 16
+# Fields of the OpenAI API whose meaning tunelab cannot honour: refusing beats silently answering something else.
+UNSUPPORTED = ("tools", "functions", "logprobs", "top_logprobs", "echo", "suffix", "logit_bias")
+
+
+# ------------------------------------------------------------------ errors
+class APIError(Exception):
+    """A refused request, answered with an OpenAI-style error body so that OpenAI clients raise the right error."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None, kind: str = ""):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.kind = kind or ("server_error" if status >= 500 else "invalid_request_error")
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+def describe_validation(errors: list[dict[str, Any]]) -> APIError:
+    """One readable 400 from pydantic's error list (the first problem names the ``param``)."""
+    if not errors:
+        return APIError(400, "invalid request")
+    if any(e.get("type") == "json_invalid" for e in errors):
+        reason = errors[0].get("ctx", {}).get("error", "")
+        detail = f" ({reason})" if reason else ""
+        return APIError(400, f"the request body is not valid JSON{detail}", code="json_invalid")
+    if errors[0].get("loc") == ("body",) and errors[0].get("type") in ("missing", "model_attributes_type", "dict_type"):
+        return APIError(400, "the request body must be a JSON object (sent as Content-Type: application/json)")
+    parts, params = [], []
+    for error in errors[:4]:
+        loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+        # A union field reports one error per alternative ('prompt.str', 'prompt.list[int]'): keep the field name.
+        param = ".".join(p for p in loc if not any(ch in p for ch in "[]") and p not in ("str", "int"))
+        params.append(param)
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        parts.append(f"{param}: {message}" if param else message)
+    return APIError(400, "invalid request: " + "; ".join(dict.fromkeys(parts)), param=params[0] or None)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every refusal, including FastAPI's own (422, 404, 405), gets the OpenAI error shape; 422 becomes 400."""
+
+    @app.exception_handler(APIError)
+    async def _refused(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return describe_validation(list(exc.errors())).response()
+
+    @app.exception_handler(json.JSONDecodeError)
+    async def _not_json(request: Request, exc: json.JSONDecodeError) -> JSONResponse:
+        return APIError(400, f"the request body is not valid JSON ({exc.msg})", code="json_invalid").response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else None
+        return APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code).response()
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        # No logging here: Starlette re-raises the exception after this answer, and uvicorn logs its traceback.
+        return APIError(500, f"internal error: {type(exc).__name__}: {exc}").response()
+
+
+# ------------------------------------------------------------------ requests
+class Lenient(BaseModel):
+    # OpenAI clients send fields tunelab has no use for (user, name, metadata, ...): accept and ignore those.
+    model_config = ConfigDict(extra="ignore")
+
+
+class RequestBody(Lenient):
+    model: str | None = None  # optional: a server serves one model
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            used = [name for name in UNSUPPORTED if data.get(name) not in (None, False, 0, [], {}, "")]
+            if used:
+                raise ValueError(f"not supported by tunelab serve: {', '.join(used)}")
+        return data
+
+
+class StreamOptions(Lenient):
+    include_usage: bool = False
+
+
+class GenerationBody(RequestBody):
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
+    stop: str | list[str] | None = Field(None, validate_default=True)  # a list after validation
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> list[str]:
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop strings")
+        if not all(stops):
+            raise ValueError("a stop string must not be empty")
+        return stops
+
+
+class TextPart(Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(Lenient):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def as_turn(self) -> dict[str, str]:
+        """The message as the run's chat template takes it (``developer`` is the newer name of ``system``)."""
+        text = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class ChatBody(GenerationBody):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _ends_with_a_question(self) -> ChatBody:
+        if self.messages[-1].role == "assistant":
+            raise ValueError("the last message must not be the assistant's: the model answers the conversation")
+        return self
+
+
+class CompletionBody(GenerationBody):
+    prompt: str | list[str] | list[int] | list[list[int]]
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompts(cls, value: Any) -> list[str | list[int]]:
+        prompts = [value] if isinstance(value, str) or (value and isinstance(value[0], int)) else list(value)
+        if not prompts:
+            raise ValueError("the prompt list is empty")
+        return prompts
+
+
+class ClassifyBody(RequestBody):
+    input: str | list[str]
+
+
+# ------------------------------------------------------------------ jobs
+class Job:
+    """A request queued for the worker; its events go back to the request's event loop through a queue."""
+
+    size = 1
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self.cancelled = False  # set by the request side when its client is gone: the worker stops its rows
+
+    def emit(self, *event: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the loop has closed: nobody is listening any more
+            self.cancelled = True
+
+    async def result(self) -> tuple[Any, ...]:
+        """The final event; a worker failure becomes a 500 and a cancelled request stops its rows."""
+        try:
+            while True:
+                event = await self.events.get()
+                if event[0] == "error":
+                    raise APIError(500, event[1])
+                if event[0] == "done":
+                    return event
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+
+class Row:
+    """One generated sequence: choice ``index`` of a request, followed token by token."""
+
+    def __init__(self, job: GenerationJob, index: int, prompt: list[int]):
+        self.job, self.index, self.prompt = job, index, prompt
+        self.tokens: list[int] = []
+        self.text = ""  # the text handed out so far: exactly what the stream sent
+        self.generated = 0  # tokens generated, the end-of-sequence token included
+        self.finish: str | None = None
+
+
+class GenerationJob(Job):
+    """A completion or chat request: ``n`` rows per prompt, all sharing one sampling setting."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, prompts: list[list[int]], n: int, settings: dict[str, Any]):
+        super().__init__(loop)
+        self.prompts = prompts
+        self.max_tokens: int = settings["max_tokens"]
+        self.stops: list[str] = settings["stops"]
+        self.sampling: tuple[bool, float | None, float | None] = settings["sampling"]
+        self.stream: bool = settings["stream"]
+        self.rows = [Row(self, i * n + j, prompt) for i, prompt in enumerate(prompts) for j in range(n)]
+        self.size = len(self.rows)
+        self.rows_left = len(self.rows)
+
+    def row_finished(self, row: Row) -> None:
+        self.rows_left -= 1
+        if self.stream and row.finish != "cancelled":
+            self.emit("finish", row.index, row.finish)
+        if self.rows_left == 0:
+            self.emit("done")
+
+    def usage(self) -> dict[str, int]:
+        prompt, completion = sum(map(len, self.prompts)), sum(row.generated for row in self.rows)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class ClassifyJob(Job):
+    """A classification request: its texts join the other requests' texts in one ``predict`` call."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, texts: list[str]):
+        super().__init__(loop)
+        self.texts = texts
+        self.size = len(texts)
+
+
+def held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters must wait: an incomplete UTF-8 character, or what may start a stop string."""
+    keep = len(text) - len(text.rstrip("\ufffd"))
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), keep, -1):
+            if text.endswith(stop[:size]):
+                keep = size
+                break
+    return keep
+
+
+class RowTracker(StoppingCriteria):
+    """Follows the rows of one ``generate`` call step by step: ends each at its own ``max_tokens``, end-of-sequence
+    token or stop string, and hands new text to streaming requests. Stop strings are checked on the decoded text,
+    and text that might begin one is held back, so the stream never sends what the final answer cuts."""
+
+    def __init__(self, rows: list[Row], tokenizer: Any, eos_ids: set[int], lock: threading.Lock):
+        self.rows, self.tokenizer, self.eos_ids, self.lock = rows, tokenizer, eos_ids, lock
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        latest = input_ids[:, -1].tolist()
+        with self.lock:
+            for row, token in zip(self.rows, latest):
+                if row.finish is None:
+                    self.advance(row, token)
+        return torch.tensor([row.finish is not None for row in self.rows], dtype=torch.bool, device=input_ids.device)
+
+    def advance(self, row: Row, token: int) -> None:
+        if row.job.cancelled:
+            self.close(row, "cancelled", publish=False)
+            return
+        row.generated += 1
+        if token in self.eos_ids:
+            self.close(row, "stop")
+            return
+        row.tokens.append(token)
+        if len(row.tokens) >= row.job.max_tokens:
+            self.close(row, "length")
+        else:
+            self.publish(row, final=False)
+
+    def publish(self, row: Row, final: bool) -> bool:
+        """Hand out the row's new text; True when a stop string ended it."""
+        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        cut = cut_at_stops(text, row.job.stops)
+        stopped = len(cut) < len(text)
+        if not stopped and not final:
+            cut = cut[: len(cut) - held_back(cut, row.job.stops)]
+        if len(cut) > len(row.text):
+            delta = cut[len(row.text) :]
+            row.text += delta
+            if row.job.stream:
+                row.job.emit("delta", row.index, delta)
+        if stopped:
+            self.close(row, "stop", publish=False)
+        return stopped
+
+    def close(self, row: Row, reason: str, publish: bool = True) -> None:
+        if publish and self.publish(row, final=True):
+            return  # a stop string in the text closed the row already
+        row.finish = reason
+        row.job.row_finished(row)
+
+
+# ------------------------------------------------------------------ the run
+def context_length(loaded: LoadedRun) -> int:
+    """The most tokens (prompt and completion) the model takes: its position limit, else the run's max_length."""
+    config = getattr(unwrap(loaded.model), "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            # Prompt tuning's soft tokens take positions too.
+            return value - (loaded.cfg.training.num_virtual_tokens if is_prompt_learning(loaded.model) else 0)
+    return loaded.cfg.tokenizer.max_length
+
+
+class ServedRun:
+    """What the routes and the worker share: the loaded run, its public name, limits and default settings."""
+
+    def __init__(self, loaded: LoadedRun, model_name: str | None):
+        self.loaded = loaded
+        self.name = model_name or loaded.cfg.experiment_name
+        self.kind = loaded.cfg.problem_type
+        if self.kind not in ("causal_lm", "classification", "regression"):
+            raise TunelabError(
+                f"serve answers causal_lm, classification and regression runs, not {self.kind}",
+                field="problem_type",
+                hint="use 'tunelab predict' for this run",
+            )
+        self.tokenizer = loaded.tokenizer
+        # Fast tokenizers refuse concurrent use when a call changes their truncation: one user at a time.
+        self.tokenizer_lock = threading.Lock()
+        self.context = context_length(loaded)
+        self.device = next(loaded.model.parameters()).device
+        self.created = int(time.time())
+        prediction = loaded.cfg.prediction
+        self.run_stops = stop_strings(prediction)
+        base = generation_kwargs(prediction, self.tokenizer, loaded.model) if self.kind == "causal_lm" else {}
+        self.eos_ids: set[int] = set(base.get("eos_token_id", []))
+        keep = ("pad_token_id", "eos_token_id", "repetition_penalty")
+        self.generate_kwargs = {k: base[k] for k in keep if k in base} | {"num_beams": 1}
+
+    def card(self) -> dict[str, Any]:
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "tunelab"}
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.name:
+            message = f"the model '{name}' does not exist: this server serves '{self.name}'"
+            raise APIError(404, message, param="model", code="model_not_found")
+
+    def require(self, kinds: tuple[str, ...], endpoint: str) -> None:
+        if self.kind not in kinds:
+            other = "/v1/chat/completions or /v1/completions" if self.kind == "causal_lm" else "/v1/classify"
+            wanted = " or ".join(kinds)
+            message = f"{endpoint} needs a {wanted} run, but '{self.name}' is a {self.kind} run: use {other}"
+            raise APIError(400, message, code="wrong_endpoint")
+
+    # -------------------------------------------------------------- request preparation (in a thread-pool thread)
+    def chat_prompt(self, turns: list[dict[str, str]]) -> list[int]:
+        """The conversation rendered with the run's own chat template, exactly as in training and ``tunelab chat``.
+
+        The renderer cuts prompts to ``tokenizer.max_length_prompt`` from the left; an API must not drop what a
+        client sent without saying so, so a conversation that would be cut is refused instead.
+        """
+        from jinja2 import TemplateError
+
+        renderer = self.loaded.problem.renderer
+        limit = self.loaded.cfg.tokenizer.max_length_prompt
+        with self.tokenizer_lock:
+            try:
+                text = renderer.prompt_text(turns)
+                ids = renderer.prompt_ids(turns)
+            except TemplateError as exc:
+                raise APIError(400, f"the run's chat template refused the messages: {exc}", param="messages") from exc
+            full = len(self.tokenizer(text, add_special_tokens=not renderer.use_template)["input_ids"])
+        if full > len(ids):
+            message = (
+                f"the conversation is {full} tokens, but this run takes prompts of at most {limit} tokens "
+                "(tokenizer.max_length_prompt in its config); shorten or drop earlier messages"
+            )
+            raise APIError(400, message, param="messages", code="context_length_exceeded")
+        return ids
+
+    def completion_prompts(self, prompts: list[str | list[int]]) -> list[list[int]]:
+        """Raw prompts tokenised as they are (no template); token-id prompts are checked against the vocabulary."""
+        out = []
+        with self.tokenizer_lock:
+            for prompt in prompts:
+                if isinstance(prompt, str):
+                    out.append(self.tokenizer(prompt)["input_ids"])
+                elif all(0 <= token < len(self.tokenizer) for token in prompt):
+                    out.append(list(prompt))
+                else:
+                    raise APIError(400, f"token ids must lie in [0, {len(self.tokenizer)})", param="prompt")
+        if not all(out):
+            raise APIError(400, "the prompt has no tokens", param="prompt")
+        return out
+
+    def settings(self, body: GenerationBody, prompts: list[list[int]], param: str) -> dict[str, Any]:
+        """max_tokens (checked against the context), stop strings and sampling of a request; unset values fall back
+        to the run's prediction settings."""
+        prediction = self.loaded.cfg.prediction
+        longest = max(map(len, prompts))
+        wanted = body.max_completion_tokens or body.max_tokens
+        max_tokens = wanted or max(min(prediction.max_length_inference, self.context - longest), 1)
+        if longest + max_tokens > self.context:
+            message = (
+                f"this model's context is {self.context} tokens, but the request needs {longest + max_tokens} "
+                f"({longest} in the prompt, {max_tokens} to generate); shorten the prompt or lower max_tokens"
+            )
+            raise APIError(400, message, param=param, code="context_length_exceeded")
+        temperature = body.temperature
+        if temperature is None:
+            temperature = prediction.temperature if prediction.do_sample else 0.0
+        top_p = prediction.top_p if body.top_p is None else body.top_p
+        # Temperature 0 is greedy decoding: deterministic, and the same settings for every greedy request.
+        sampling = (True, temperature, top_p) if temperature > 0 else (False, None, None)
+        stops = list(dict.fromkeys([*(body.stop or []), *self.run_stops]))
+        return {"max_tokens": max_tokens, "stops": stops, "sampling": sampling, "stream": bool(body.stream)}
+
+    def count_inputs(self, texts: list[str]) -> int:
+        """Tokens the classifier reads (it cuts at ``tokenizer.max_length`` as in training); refuse what it can't."""
+        limit = self.loaded.cfg.tokenizer.max_length
+        with self.tokenizer_lock:
+            lengths = [min(len(self.tokenizer(text)["input_ids"]), limit) for text in texts]
+        if max(lengths) > self.context:
+            message = f"an input is {max(lengths)} tokens, longer than this model's context of {self.context}"
+            raise APIError(400, message, param="input", code="context_length_exceeded")
+        return sum(lengths)
+
+
+# ------------------------------------------------------------------ worker
+class BatchWorker:
+    """The one thread that uses the model: it collects queued jobs, batches compatible ones and runs them."""
+
+    def __init__(self, served: ServedRun, max_batch_size: int, batch_wait_ms: float):
+        self.served, self.max_batch_size, self.wait_s = served, max_batch_size, batch_wait_ms / 1000
+        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self.run, name="tunelab-serve-worker", daemon=True)
+                self.thread.start()
+
+    def stop(self, timeout: float = 30) -> None:
+        with self.lock:
+            if self.thread is not None and self.thread.is_alive():
+                self.jobs.put(None)
+                self.thread.join(timeout)
+            self.thread = None
+
+    def submit(self, job: Job) -> None:
+        self.start()
+        self.jobs.put(job)
+
+    def collect(self) -> list[Job] | None:
+        """The next batch: the first waiting job, then whatever else arrives within the wait (None: shut down)."""
+        first = self.jobs.get()
+        if first is None:
+            return None
+        jobs, size, deadline = [first], first.size, time.monotonic() + self.wait_s
+        while size < self.max_batch_size:
+            left = deadline - time.monotonic()
+            try:
+                job = self.jobs.get(timeout=left) if left > 0 else self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self.jobs.put(None)  # answer what was collected, then stop
+                break
+            jobs.append(job)
+            size += job.size
+        return jobs
+
+    def run(self) -> None:
+        while (jobs := self.collect()) is not None:
+            live = [job for job in jobs if not job.cancelled]
+            classify = [job for job in live if isinstance(job, ClassifyJob)]
+            if classify:
+                self.guarded(classify, self.classify, classify)
+            groups: dict[tuple[bool, float | None, float | None], list[Row]] = {}
+            for job in live:
+                if isinstance(job, GenerationJob):
+                    groups.setdefault(job.sampling, []).extend(job.rows)
+            for sampling, rows in groups.items():
+                rows.sort(key=lambda row: -len(row.prompt))  # similar lengths share a batch: less padding
+                for start in range(0, len(rows), self.max_batch_size):
+                    chunk = rows[start : start + self.max_batch_size]
+                    self.guarded(list({id(row.job): row.job for row in chunk}.values()), self.generate, chunk, sampling)
+
+    def guarded(self, jobs: list[Job], work: Any, *args: Any) -> None:
+        """Run ``work``; if it fails, its requests get an error and the worker lives on for the others."""
+        try:
+            work(*args)
+        except Exception as exc:
+            log.exception("batch failed")
+            for job in jobs:
+                job.cancelled = True
+                job.emit("error", f"generation failed: {type(exc).__name__}: {exc}")
+
+    @torch.inference_mode()
+    def generate(self, rows: list[Row], sampling: tuple[bool, float | None, float | None]) -> None:
+        served = self.served
+        requests = len({id(row.job) for row in rows})
+        log.info("batch of %d requests (%d sequences, %s)", requests, len(rows), "sampled" if sampling[0] else "greedy")
+        batch = pad_left([row.prompt for row in rows], served.generate_kwargs["pad_token_id"])
+        batch = {k: v.to(served.device) for k, v in batch.items()}  # [batch, longest prompt]
+        do_sample, temperature, top_p = sampling
+        # Greedy: say so explicitly so a model's sampling defaults don't apply.
+        how = {"temperature": temperature, "top_p": top_p} if do_sample else {"temperature": None, "top_p": None}
+        tracker = RowTracker(rows, served.tokenizer, served.eos_ids, served.tokenizer_lock)
+        served.loaded.model.generate(
+            **batch,
+            **served.generate_kwargs,
+            **how,
+            do_sample=do_sample,
+            top_k=None,  # the OpenAI API has no top-k: a model's default must not apply
+            max_new_tokens=max(row.job.max_tokens for row in rows),
+            stopping_criteria=StoppingCriteriaList([tracker]),
+        )
+        with served.tokenizer_lock:
+            for row in rows:
+                if row.finish is None:  # generate ended before the tracker saw the row end: it ran out of length
+                    tracker.close(row, "length")
+
+    @torch.inference_mode()
+    def classify(self, jobs: list[ClassifyJob]) -> None:
+        texts = [text for job in jobs for text in job.texts]
+        log.info("batch of %d requests (%d inputs, classify)", len(jobs), len(texts))
+        problem, model = self.served.loaded.problem, self.served.loaded.model
+        with self.served.tokenizer_lock:
+            predictions = problem.predict(model, [{"text": text} for text in texts])
+        start = 0
+        for job in jobs:
+            job.emit("done", predictions[start : start + len(job.texts)])
+            start += len(job.texts)
+
+
+# ------------------------------------------------------------------ routes
+def sse(data: dict[str, Any]) -> str:
+    """One server-sent event."""
+    return f"data: {json.dumps(data)}\n\n"
+
+
+def choice(row: Row, chat: bool) -> dict[str, Any]:
+    """A finished row as a choice of a chat or text completion."""
+    body = {"message": {"role": "assistant", "content": row.text}} if chat else {"text": row.text}
+    return {"index": row.index, **body, "logprobs": None, "finish_reason": row.finish}
+
+
+async def stream_events(job: GenerationJob, head: dict[str, Any], chat: bool, usage: bool) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``."""
+
+    def chunk(index: int, text: str | None = None, finish: str | None = None, role: bool = False) -> str:
+        if chat:
+            delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
+            body = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            body = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+        return sse({**head, "choices": [body]})
+
+    try:
+        if chat:
+            for row in job.rows:
+                yield chunk(row.index, role=True)
+        while True:
+            event = await job.events.get()
+            if event[0] == "delta":
+                yield chunk(event[1], text=event[2])
+            elif event[0] == "finish":
+                yield chunk(event[1], finish=event[2])
+            elif event[0] == "error":
+                yield sse({"error": {"message": event[1], "type": "server_error", "param": None, "code": None}})
+                break
+            else:
+                if usage:
+                    yield sse({**head, "choices": [], "usage": job.usage()})
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancelled = True  # the client left early, or all is done and this changes nothing
+
+
+def key_checker(api_key: str | None) -> Any:
+    """A dependency that demands ``Authorization: Bearer <api_key>`` (nothing when there is no key)."""
+
+    async def check(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+
+    return check
+
+
+def create_app(
+    loaded: LoadedRun,
+    api_key: str | None = None,
+    model_name: str | None = None,
+    max_batch_size: int = 16,
+    batch_wait_ms: float = 10,
+) -> FastAPI:
+    """The OpenAI-compatible app for a loaded run; its worker thread starts with the app and stops with it.
+
+    Args:
+        loaded: the run, from ``load_run``.
+        api_key: when set, every ``/v1`` request must send ``Authorization: Bearer <api_key>``.
+        model_name: the name clients use (default: the run's experiment name).
+        max_batch_size: most sequences in one ``generate`` call (or texts in one classification batch).
+        batch_wait_ms: how long the worker waits for more requests before it starts a batch.
+
+    Raises:
+        TunelabError: for a run that cannot be served or batch settings out of range.
+    """
+    check_batching(max_batch_size, batch_wait_ms)
+    served = ServedRun(loaded, model_name)
+    worker = BatchWorker(served, max_batch_size, batch_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker.start()
+        yield
+        await run_in_threadpool(worker.stop)
+
+    app = FastAPI(title=f"tunelab serve: {served.name}", lifespan=lifespan)
+    app.state.served, app.state.worker = served, worker
+    install_error_handlers(app)
+    router = APIRouter(prefix="/v1", dependencies=[Depends(key_checker(api_key or None))])
+
+    async def generation(body: GenerationBody, prompts: list[list[int]], chat: bool, param: str) -> Any:
+        job = GenerationJob(asyncio.get_running_loop(), prompts, body.n or 1, served.settings(body, prompts, param))
+        worker.submit(job)
+        head = {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": served.name,
+        }
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            head["object"] = "chat.completion.chunk" if chat else "text_completion"  # OpenAI's names for chunks
+            # No caching, and no buffering by a proxy in front (nginx honours X-Accel-Buffering): tokens flow as made.
+            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            events = stream_events(job, head, chat, usage)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        await job.result()
+        return {**head, "choices": [choice(row, chat) for row in job.rows], "usage": job.usage()}
+
+    @router.get("/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [served.card()]}
+
+    @router.get("/models/{name:path}")  # a custom model name may hold a slash (org/model)
+    async def get_model(name: str) -> dict[str, Any]:
+        served.check_model(name)
+        return served.card()
+
+    @router.post("/chat/completions")
+    async def chat_completions(body: ChatBody) -> Any:
+        served.require(("causal_lm",), "/v1/chat/completions")
+        served.check_model(body.model)
+        prompt = await run_in_threadpool(served.chat_prompt, [m.as_turn() for m in body.messages])
+        return await generation(body, [prompt], chat=True, param="messages")
+
+    @router.post("/completions")
+    async def completions(body: CompletionBody) -> Any:
+        served.require(("causal_lm",), "/v1/completions")
+        served.check_model(body.model)
+        prompts = await run_in_threadpool(served.completion_prompts, body.prompt)
+        return await generation(body, prompts, chat=False, param="prompt")
+
+    @router.post("/classify")
+    async def classify(body: ClassifyBody) -> dict[str, Any]:
+        served.require(("classification", "regression"), "/v1/classify")
+        served.check_model(body.model)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts:
+            raise APIError(400, "the input list is empty", param="input")
+        tokens = await run_in_threadpool(served.count_inputs, texts)
+        job = ClassifyJob(asyncio.get_running_loop(), texts)
+        worker.submit(job)
+        predictions = (await job.result())[1]
+        problem = served.loaded.problem
+        data = []
+        for index, prediction in enumerate(predictions):
+            if served.kind == "regression":
+                data.append({"index": index, "value": prediction["prediction"]})
+                continue
+            probabilities = {c: prediction[f"prob_{c}"] for c in problem.classes}
+            item = {"index": index, "label": prediction["prediction"], "probabilities": probabilities}
+            if problem.multi_label:
+                item["labels"] = [c for c, p in probabilities.items() if p >= 0.5]
+            data.append(item)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return {"object": "list", "model": served.name, "data": data, "usage": usage}
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Open without a key: for load balancers and start-up checks."""
+        return {"status": "ok", "model": served.name}
+
+    app.include_router(router)
+    return app
+
+
+# ------------------------------------------------------------------ serving
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (a name other than localhost is not trusted to be)."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, api_key: str | None) -> None:
+    """Refuse to expose a model beyond this machine without a key: anyone who can reach it could use it."""
+    if not api_key and not is_loopback(host):
+        raise TunelabError(
+            f"refusing to serve on {host} without an API key",
+            field="host",
+            hint="pass --api-key KEY (clients then send 'Authorization: Bearer KEY'), or bind to 127.0.0.1",
+        )
+
+
+def check_batching(max_batch_size: int, batch_wait_ms: float) -> None:
+    """Batch settings in range, checked before the slow model load."""
+    if max_batch_size < 1:
+        raise TunelabError(f"max_batch_size must be at least 1, not {max_batch_size}", field="max_batch_size")
+    if not 0 <= batch_wait_ms <= 10_000:
+        raise TunelabError(f"batch_wait_ms must lie in [0, 10000], not {batch_wait_ms}", field="batch_wait_ms")
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready socket; a port in use is a person's problem, told in one line (uvicorn would exit)."""
+    if not 0 <= port <= 65535:
+        raise TunelabError(f"port {port} is out of range", field="port", hint="use a port in 1-65535")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise TunelabError(
+            f"cannot listen on {host}:{port}: {exc.strerror}", field="port", hint="pick another port"
+        ) from exc
+    return sock
+
+
+def build_server(
+    run_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    model_name: str | None = None,
+    max_batch_size: int = 16,
+    batch_wait_ms: float = 10,
+    device: str | None = None,
+    log_level: str = "info",
+) -> tuple[Any, socket.socket]:
+    """Everything ``serve`` runs: the uvicorn server and its bound socket. Checks come before the slow model load.
+
+    Returns:
+        ``(server, sock)``: call ``server.run(sockets=[sock])``; set ``server.should_exit`` to stop it.
+    """
+    import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    api_key = api_key or None
+    check_bind(host, api_key)
+    check_batching(max_batch_size, batch_wait_ms)
+    sock = bind_socket(host, port)
+    try:
+        app = create_app(load_run(run_dir, device=device), api_key, model_name, max_batch_size, batch_wait_ms)
+    except BaseException:
+        sock.close()
+        raise
+    logging_config = copy.deepcopy(LOGGING_CONFIG)  # uvicorn's own, so batch lines look like its access lines
+    logging_config["loggers"]["tunelab.serve"] = {
+        "handlers": ["default"],
+        "level": log_level.upper(),
+        "propagate": False,
+    }
+    config = uvicorn.Config(app, log_level=log_level, log_config=logging_config, timeout_graceful_shutdown=5)
+    return uvicorn.Server(config), sock
+
+
+def serve(
+    run_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    model_name: str | None = None,
+    max_batch_size: int = 16,
+    batch_wait_ms: float = 10,
+    device: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve a run directory over HTTP with the OpenAI API until interrupted.
+
+    Args:
+        run_dir: a finished causal_lm, classification or regression run.
+        host: the address to listen on; anything but loopback needs ``api_key``.
+        port: the TCP port (0: any free port).
+        api_key: the key clients must send as ``Authorization: Bearer <key>``.
+        model_name: the name clients use (default: the run's experiment name).
+        max_batch_size: most sequences generated together.
+        batch_wait_ms: how long to wait for more requests before generating.
+        device: where to load the model (default: a GPU when there is one).
+        log_level: uvicorn's log level.
+
+    Raises:
+        TunelabError: a public host without a key, a port in use, a run that cannot be served.
+    """
+    server, sock = build_server(
+        run_dir, host, port, api_key, model_name, max_batch_size, batch_wait_ms, device=device, log_level=log_level
+    )
+    with sock:
+        server.run(sockets=[sock])
