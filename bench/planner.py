@@ -27,11 +27,16 @@ CONFIGS = [
     ),
     ("SmolLM2 full, batch 1", LAMINI, ["training.batch_size=1", "training.adapter=none"]),
     ("SmolLM2 head-only, batch 8", LAMINI, ["training.batch_size=8", "training.adapter=head_only"]),
-    ("MiniLM LoRA, batch 8", SST2, ["training.batch_size=8"]),
+    ("MiniLM LoRA, batch 8", SST2, ["training.batch_size=8", "environment.release_cpu_memory=true"]),
     (
         "MiniLM full, batch 8, checkpointing",
         SST2,
-        ["training.batch_size=8", "training.adapter=none", "architecture.gradient_checkpointing=true"],
+        [
+            "training.batch_size=8",
+            "training.adapter=none",
+            "architecture.gradient_checkpointing=true",
+            "environment.release_cpu_memory=true",
+        ],
     ),
 ]
 

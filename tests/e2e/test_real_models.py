@@ -6,6 +6,7 @@ Each test asserts on metrics and files, never on console wording.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,7 @@ def test_sst2_minilm_lora_example(tmp_path):
     assert info["train_rows"] == 2000 and info["validation_rows"] == 500
     assert 0.35 <= metrics["before"]["accuracy"] <= 0.65
     assert metrics["after"]["accuracy"] >= 0.80
+    assert_report(run, rows=500)
 
 
 @pytest.mark.parametrize("adapter,lr,gain", [("none", "1e-4", 0.25), ("head_only", "2e-2", 0.1)])
@@ -102,6 +104,16 @@ def test_lamini_docs_smollm2_lora_short(tmp_path):
     )
     metrics = metrics_of(tmp_path / "lamini-docs-smollm2-lora")
     assert metrics["after"]["perplexity"] < 0.9 * metrics["before"]["perplexity"]
+    assert_report(tmp_path / "lamini-docs-smollm2-lora", rows=16)
+
+
+def assert_report(run, rows: int) -> None:
+    """The run wrote report.html with its curves, the before/after table and one table row per validation row."""
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") >= 2  # the loss curve and a metric curve
+    assert "before (base model)" in html and "after (fine-tuned)" in html
+    table = html.split('<table class="rows sortable">', 1)[1].split("</table>", 1)[0]
+    assert len(re.findall(r'<tr class="(?:better|worse|same)">', table)) == rows, "validation rows missing"
 
 
 def test_classification_on_smollm2_decoder(tmp_path):
