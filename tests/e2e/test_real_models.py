@@ -85,7 +85,7 @@ def test_sst2_full_and_head_only_train_the_classifier(tmp_path, adapter, lr, gai
 
 
 def test_lamini_docs_smollm2_lora_short(tmp_path):
-    """The lamini example, shortened for CI (64 rows, 8 steps of 4 at a higher learning rate): validation perplexity falls."""
+    """The lamini example, shortened for CI (64 rows, 8 steps of 4, higher learning rate): perplexity falls."""
     shared_file("lamini_docs.jsonl")
     tunelab(
         "train",
