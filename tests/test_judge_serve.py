@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from conftest import causal_config
+from test_serve import running
 
 from tunelab.config import validate_config
 from tunelab.infer.serve import build_server
@@ -22,20 +21,8 @@ TEMPLATE = "judge: {answer}"
 @contextmanager
 def served(run_dir: Path) -> Iterator[str]:
     """``tunelab serve RUN_DIR`` in a background thread; yields its /v1 address."""
-    server, sock = build_server(run_dir, port=0, device="cpu", log_level="warning")
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    host, port = sock.getsockname()[:2]
-    try:
-        yield f"http://{host}:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        sock.close()
+    with running(*build_server(run_dir, port=0, device="cpu", log_level="warning")) as url:
+        yield f"{url}/v1"
 
 
 def _judge_data(path: Path, reply: str, rows: int = 24) -> Path:

@@ -125,9 +125,7 @@ def test_classification_on_smollm2_decoder(tmp_path):
     shared_file("sst2_train_5k.tsv")
     config = yaml.safe_load((REPO / "examples" / "sst2_minilm_lora.yaml").read_text())
     config.update(llm_backbone="smollm2-135m-instruct", output_directory=str(tmp_path), experiment_name="sst2-smol")
-    config["dataset"].update(
-        data_sample=96, validation_size=48, train_dataframe=str(shared_file("sst2_train_5k.tsv"))
-    )
+    config["dataset"].update(data_sample=96, validation_size=48, train_dataframe=str(shared_file("sst2_train_5k.tsv")))
     config["training"].update(epochs=1, batch_size=16, learning_rate=5e-4, evaluation_epochs=1.0)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -154,8 +154,8 @@ class ClassificationProblem:
         return self.cfg.prediction.batch_size_inference or (train if isinstance(train, int) else 32)
 
     @torch.no_grad()
-    def probabilities(self, model: Any, split: EncodedSplit) -> np.ndarray:
-        """Class probabilities for every row of ``split``, shape [rows, classes]."""
+    def logits(self, model: Any, split: EncodedSplit) -> torch.Tensor:
+        """The head's outputs for every row of ``split`` in batches, shape [rows, outputs] (float32, CPU)."""
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
@@ -167,10 +167,14 @@ class ClassificationProblem:
             logits = model(
                 input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
             ).logits.float()
-            probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
-            out.append(probs.cpu().numpy())
+            out.append(logits.cpu())
         model.train(was_training)
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+        return torch.cat(out) if out else torch.zeros(0, max(len(self.classes), 1))
+
+    def probabilities(self, model: Any, split: EncodedSplit) -> np.ndarray:
+        """Class probabilities for every row of ``split``, shape [rows, classes]."""
+        logits = self.logits(model, split)
+        return (torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)).numpy()
 
     def evaluate(
         self, model: Any, split: EncodedSplit, examples: list[dict[str, Any]], generate: bool = True
@@ -313,22 +317,10 @@ class RegressionProblem(ClassificationProblem):
         target = batch["labels"].float().reshape(-1)
         return self._loss(out, target), torch.tensor(len(target))
 
-    @torch.no_grad()
     def values(self, model: Any, split: EncodedSplit) -> np.ndarray:
         """Predictions on the data's own scale, one per row."""
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        batch_size = self.batch_size()
-        out = []
-        for start in range(0, len(split), batch_size):
-            indices = list(range(start, min(start + batch_size, len(split))))
-            batch = pad_classification(split, indices, self.tokenizer.pad_token_id)
-            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
-            out.append(logits.logits.float()[:, 0].cpu().numpy())
-        model.train(was_training)
         mean, std = self.target_stats
-        return np.concatenate(out) * std + mean if out else np.zeros(0)
+        return self.logits(model, split)[:, 0].numpy() * std + mean
 
     def evaluate(
         self, model: Any, split: EncodedSplit, examples: list[dict[str, Any]], generate: bool = True
