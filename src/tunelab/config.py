@@ -7,6 +7,7 @@ Field names follow H2O LLM Studio's. Each field's ``description`` is the only pl
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -22,16 +23,38 @@ PROBLEM_METRICS: dict[str, tuple[str, ...]] = {
     "causal_lm": ("BLEU", "Perplexity", "chrF", "ROUGE_L", "Exact_Match", "judge"),
     "classification": ("Accuracy", "F1", "F1_Micro", "AUC", "MCC"),
     "regression": ("MAE", "RMSE", "R2"),
+    "reward": ("Pairwise_Accuracy", "Mean_Margin"),
+    "dpo": ("Reward_Accuracy", "Reward_Margin", "Chosen_Logps", "Rejected_Logps"),
 }
 PROBLEM_LOSSES: dict[str, tuple[str, ...]] = {
     "causal_lm": ("CrossEntropy",),
     "classification": ("CrossEntropy",),
     "regression": ("MSE", "L1", "Huber"),
+    "reward": ("BradleyTerry",),
+    "dpo": ("Preference",),  # which one: training.preference_loss
 }
+# Problem types whose model is a causal LM with its language-model head (adapters, heads, chat, export, serve).
+CAUSAL_LM_PROBLEMS = ("causal_lm", "dpo", "rl")
+# Problem types trained on preference pairs (two sequences per row).
+PAIRWISE_PROBLEMS = ("reward", "dpo")
+# Backbone model types that are encoders: no language-model head, so they cannot be preference-tuned.
+ENCODER_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra", "mpnet")
 # Metrics where a lower value is better; everything else is maximised.
 LOWER_IS_BETTER = {"Perplexity", "perplexity", "loss", "MAE", "mae", "RMSE", "rmse"}
 # A user metric: an importable "module:function" (or "path/to/file.py:function").
 CUSTOM_METRIC = re.compile(r"^[\w./\\-]+:[A-Za-z_]\w*$")
+
+
+def backbone_model_type(name: str) -> str | None:
+    """The transformers ``model_type`` of a built-in or local backbone, without loading it; None when unknown."""
+    builtin = {"smollm2-135m-instruct": "llama", "all-minilm-l6-v2": "bert"}
+    if name.strip().lower() in builtin:
+        return builtin[name.strip().lower()]
+    path = Path(name).expanduser() / "config.json"
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("model_type") or "") or None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def metric_key(name: str) -> str:
@@ -223,8 +246,43 @@ class ArchitectureConfig(Section):
 class TrainingConfig(Section):
     loss_function: str = Field(
         "",
-        description="Training loss: CrossEntropy (causal LM, classification); MSE, L1 or Huber (regression). "
-        "Empty = the problem type's default.",
+        description="Training loss: CrossEntropy (causal LM, classification); MSE, L1 or Huber (regression); "
+        "BradleyTerry (reward); Preference (dpo, see preference_loss). Empty = the problem type's default.",
+    )
+    reward_margin: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="Reward models: the Bradley-Terry loss -logsigmoid(r_chosen - r_rejected - margin) asks the "
+        "chosen answer to score at least this much higher; 0 = plain Bradley-Terry.",
+    )
+    preference_loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = Field(
+        "sigmoid",
+        description="dpo: 'sigmoid' (DPO), 'ipo', 'hinge' (SLiC) compare policy and reference log-probabilities of "
+        "the chosen and rejected answers; 'simpo' (length-normalised, reference-free, with simpo_gamma) and 'orpo' "
+        "(odds ratio plus the chosen answer's cross-entropy, reference-free) need no reference model.",
+    )
+    beta: float = Field(
+        0.1,
+        gt=0,
+        le=100,
+        description="dpo: how strongly the policy may move away from the reference (the implicit reward is beta x "
+        "the log-probability ratio); for orpo the weight of the odds-ratio term. SimPO usually wants 2 to 10.",
+    )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="dpo (sigmoid, simpo): the assumed share of preference labels that are flipped (conservative "
+        "DPO); 0 = trust every label.",
+    )
+    simpo_gamma: float = Field(
+        0.5, ge=0, le=100, description="dpo with simpo: the target reward margin gamma between chosen and rejected."
+    )
+    precompute_reference: bool = Field(
+        False,
+        description="dpo: compute the reference model's log-probabilities of the whole training split once before "
+        "training, instead of a second forward pass at every step (faster; not for simpo/orpo, which have none).",
     )
     optimizer: Literal[
         "AdamW", "Adam", "SGD", "RMSprop", "Adadelta", "AdamW8bit", "PagedAdamW", "PagedAdamW8bit", "Adafactor", "Lion"
@@ -269,6 +327,11 @@ class TrainingConfig(Section):
         False,
         description="Concatenate examples into rows of up to tokenizer.max_length tokens (attention and labels never "
         "cross examples), so almost no compute is spent on padding. batch_size then counts packed rows.",
+    )
+    chunked_loss: bool = Field(
+        True,
+        description="Causal LM: apply the output layer and cross-entropy a chunk of tokens at a time, so the "
+        "[tokens, vocabulary] logits never exist at once (same loss and gradients, far less memory).",
     )
     group_by_length: bool = Field(
         False,
@@ -349,7 +412,8 @@ class PredictionConfig(Section):
         description="Validation metric that picks the best checkpoint. Causal LM: BLEU, Perplexity, chrF, ROUGE_L, "
         "Exact_Match, judge (an LLM grades each answer, see the judge section) or a Python function "
         "'module:function' (called with predictions and references, returns a number); classification: Accuracy, "
-        "F1 (macro), F1_Micro, AUC, MCC; regression: MAE, RMSE, R2. Empty = the problem type's default.",
+        "F1 (macro), F1_Micro, AUC, MCC; regression: MAE, RMSE, R2; reward: Pairwise_Accuracy, Mean_Margin; dpo: "
+        "Reward_Accuracy, Reward_Margin, Chosen_Logps, Rejected_Logps. Empty = the problem type's default.",
     )
     metrics: list[str] = Field(
         default_factory=list,
@@ -442,10 +506,11 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
-    problem_type: Literal["causal_lm", "classification", "regression"] = Field(
+    problem_type: Literal["causal_lm", "classification", "regression", "reward", "dpo"] = Field(
         "causal_lm",
         description="What is trained: 'causal_lm' (instruction/chat SFT), 'classification' or 'regression' "
-        "(one number per text, from label_column).",
+        "(one number per text, from label_column), 'reward' (a reward model scoring answers, trained on preference "
+        "pairs) or 'dpo' (preference tuning of a causal LM on pairs: DPO, IPO, hinge, SimPO, ORPO).",
     )
     experiment_name: str = Field(
         "tunelab-run", min_length=1, description="Name of the run; its directory is output_directory/experiment_name."
@@ -575,6 +640,34 @@ class RunConfig(BaseModel):
             found.append(("dataset.format", "preference pairs train a reward or dpo problem, not causal_lm"))
         if self.problem_type == "causal_lm" and not self.dataset.answer_column:
             found.append(("dataset.answer_column", "required for causal_lm"))
+        return found + self._pairwise_problems()
+
+    def _pairwise_problems(self) -> list[tuple[str, str]]:
+        """The rules of the problem types trained on preference pairs (reward, dpo)."""
+        if self.problem_type not in PAIRWISE_PROBLEMS:
+            return []
+        found, t, kind = [], self.training, self.problem_type
+        if t.packing:
+            found.append(("training.packing", f"{kind} compares two whole sequences per row and cannot pack them"))
+        if self.dataset.format not in ("auto", "preference"):
+            found.append(("dataset.format", f"{kind} trains on preference pairs: use 'auto' or 'preference'"))
+        custom = [m for m in self.all_metrics() if CUSTOM_METRIC.match(m)]
+        if custom:
+            found.append(("prediction.metric", f"{kind} reports pairwise metrics only, not '{custom[0]}'"))
+        if kind == "dpo" and backbone_model_type(self.llm_backbone) in ENCODER_MODEL_TYPES:
+            found.append(
+                ("llm_backbone", "dpo tunes a causal LM (e.g. smollm2-135m-instruct); this backbone is an encoder")
+            )
+        reference_free = t.preference_loss in ("simpo", "orpo")
+        if kind == "dpo" and t.precompute_reference and reference_free:
+            found.append(
+                (
+                    "training.precompute_reference",
+                    f"{t.preference_loss} uses no reference model, so there is nothing to precompute",
+                )
+            )
+        if kind == "dpo" and t.label_smoothing > 0 and t.preference_loss not in ("sigmoid", "simpo"):
+            found.append(("training.label_smoothing", f"applies to sigmoid and simpo, not {t.preference_loss}"))
         return found
 
     def all_metrics(self) -> list[str]:

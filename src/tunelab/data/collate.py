@@ -86,6 +86,47 @@ def pad_classification(
     }
 
 
+def pair_sequences(split: EncodedSplit, i: int) -> tuple[slice, slice]:
+    """Where row ``i``'s chosen and rejected sequences lie in the flat arrays of a pairwise split.
+
+    A preference row stores its chosen ids and then its rejected ids back to back; ``meta["chosen_length"]`` says
+    where the first ends.
+    """
+    start, end = int(split.offsets[i]), int(split.offsets[i + 1])
+    middle = start + int(split.meta["chosen_length"][i])
+    return slice(start, middle), slice(middle, end)
+
+
+def pad_pairs(
+    split: EncodedSplit, indices: Sequence[int], pad_id: int, quantile: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """A preference batch: the chosen sequence of each row, then the rejected ones, right-padded to one width.
+
+    Returns ``input_ids`` and ``attention_mask`` ``[2 x rows, width]`` (rows ``k`` and ``rows + k`` are the pair of
+    ``indices[k]``), ``labels`` when the split has per-token labels, and ``num_trained`` = the number of pairs.
+    Sequences longer than the width are cut from the left, keeping their answers.
+    """
+    places = [pair_sequences(split, i) for i in indices]
+    slices = [chosen for chosen, _ in places] + [rejected for _, rejected in places]
+    lengths = [s.stop - s.start for s in slices]
+    width = max(batch_length(lengths, quantile), 1)
+    ids = np.full((len(slices), width), pad_id, dtype=np.int64)
+    labels = np.full((len(slices), width), IGNORE_INDEX, dtype=np.int64)
+    mask = np.zeros((len(slices), width), dtype=np.int64)
+    for row, (where, length) in enumerate(zip(slices, lengths)):
+        keep = slice(where.start + max(length - width, 0), where.stop)
+        n = keep.stop - keep.start
+        ids[row, :n] = split.input_ids[keep]
+        mask[row, :n] = 1
+        if split.labels is not None:
+            labels[row, :n] = split.labels[keep]
+    batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+    if split.labels is not None:
+        batch["labels"] = torch.from_numpy(labels)
+    batch["num_trained"] = torch.tensor(len(indices))
+    return batch
+
+
 def pad_left(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Left-padded prompts for batched generation."""
     width = max(len(s) for s in sequences)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from tunelab.config import RunConfig
+from tunelab.config import CAUSAL_LM_PROBLEMS, RunConfig
 from tunelab.errors import ConfigError
 from tunelab.models.heads import CLASSIFIER_NAMES, output_head
 
@@ -123,7 +123,7 @@ def apply_adapter(model: Any, cfg: RunConfig) -> Any:
         ConfigError: when the method does not fit this backbone or problem type.
     """
     method = cfg.training.adapter
-    classification = cfg.problem_type != "causal_lm"  # a head on top: classification or regression
+    classification = cfg.problem_type not in CAUSAL_LM_PROBLEMS  # a head on top: classification, regression, reward
     if method == "none":
         for param in model.parameters():
             param.requires_grad_(True)

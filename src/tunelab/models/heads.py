@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from tunelab.config import CAUSAL_LM_PROBLEMS
 from tunelab.errors import ModelError
 
 # Names transformers uses for sequence-classification heads (BERT: classifier, Llama/Qwen: score).
@@ -18,7 +19,7 @@ def output_head(model: Any, problem_type: str) -> torch.nn.Module:
     Raises:
         ModelError: when the model has no recognisable head.
     """
-    if problem_type == "causal_lm":
+    if problem_type in CAUSAL_LM_PROBLEMS:
         head = model.get_output_embeddings()
         if head is None:
             raise ModelError("this backbone has no language-model head", field="llm_backbone")

@@ -16,6 +16,7 @@ from tunelab.data.readers import Record
 from tunelab.data.tokenize import EncodedSplit, SplitBuilder
 from tunelab.evaluate.metrics import TEXT_METRICS, compute_custom_metric, compute_perplexity
 from tunelab.infer.generate import generate_batched
+from tunelab.training.fused_loss import chunked_cross_entropy, chunked_token_losses, plain_head
 from tunelab.models.adapters import is_prompt_learning, unwrap
 from tunelab.problems import PROBLEMS
 from tunelab.problems.base import EvalResult
@@ -150,31 +151,45 @@ class CausalLMProblem:
         )
 
     # ------------------------------------------------------------------ loss
-    def trained_logits(
+    def trained_hidden(
         self, model: Any, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits at trained positions only, their target tokens, and the batch row of each.
+    ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+        """What the loss needs at trained positions only: (hidden states or logits, head, targets, batch rows).
 
         The LM head runs only where a label is trained: prompt and padding positions never get vocabulary logits,
-        which is most of the memory and a good share of the compute for a large vocabulary.
+        which is most of the memory and a good share of the compute for a large vocabulary. When the model's logits
+        are exactly ``lm_head(decoder(x))`` this returns the final hidden states ``[trained, hidden]`` and the head
+        (so the loss can apply it chunk by chunk); otherwise the logits ``[trained, vocab]`` and None.
         """
         labels = batch["labels"][:, 1:]  # [batch, seq-1]: the token each position predicts
         trained = labels != IGNORE_INDEX
         inputs = model_inputs(batch)
         fast = _head_fast_path(model)
+        rows = trained.nonzero()[:, 0]
         if fast is None:
             logits = model(**inputs).logits
             # Prompt tuning prepends soft tokens: keep the positions of the real tokens.
-            logits = logits[:, logits.shape[1] - labels.shape[1] - 1 : -1][trained]  # [trained, vocab]
-        else:
-            decoder, head = fast
-            hidden = decoder(**inputs).last_hidden_state
-            logits = head(hidden[:, :-1][trained])  # [trained, vocab]
-        return logits, labels[trained], trained.nonzero()[:, 0]
+            return logits[:, logits.shape[1] - labels.shape[1] - 1 : -1][trained], None, labels[trained], rows
+        decoder, head = fast
+        hidden = decoder(**inputs).last_hidden_state
+        return hidden[:, :-1][trained], head, labels[trained], rows  # [trained, hidden]
+
+    def trained_logits(
+        self, model: Any, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits ``[trained, vocab]`` at trained positions only, their target tokens, and the batch row of each."""
+        states, head, targets, rows = self.trained_hidden(model, batch)
+        return (states if head is None else head(states)), targets, rows
+
+    def _chunked(self, head: Any) -> bool:
+        return head is not None and self.cfg.training.chunked_loss and plain_head(head)
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed next-token cross-entropy over trained tokens, and their count."""
-        logits, targets, _ = self.trained_logits(model, batch)
+        states, head, targets, _ = self.trained_hidden(model, batch)
+        if self._chunked(head):
+            return chunked_cross_entropy(states, head, targets), torch.tensor(len(targets))
+        logits = states if head is None else head(states)
         return F.cross_entropy(logits.float(), targets, reduction="sum"), torch.tensor(len(targets))
 
     # ------------------------------------------------------------------ evaluation
@@ -209,8 +224,12 @@ class CausalLMProblem:
         for start in range(0, len(split), batch_size):
             indices = list(range(start, min(start + batch_size, len(split))))
             batch = {k: v.to(device) for k, v in self.collate(split, indices, train=False).items()}
-            logits, targets, rows = self.trained_logits(model, batch)
-            token_loss = F.cross_entropy(logits.float(), targets, reduction="none").double().cpu()
+            states, head, targets, rows = self.trained_hidden(model, batch)
+            if self._chunked(head):
+                token_loss = chunked_token_losses(states, head, targets).double().cpu()
+            else:
+                logits = states if head is None else head(states)
+                token_loss = F.cross_entropy(logits.float(), targets, reduction="none").double().cpu()
             rows = rows.cpu() + start
             row_sum.index_add_(0, rows, token_loss)
             row_count.index_add_(0, rows, torch.ones_like(token_loss))

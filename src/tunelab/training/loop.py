@@ -176,6 +176,10 @@ def train(
             epochs=state.epoch,
             best_step=state.best_step,
             early_stopped=state.early_stopped,
+            train_seconds=round(state.train_seconds, 3),
+            train_tokens=state.tokens_seen,
+            train_positions=state.positions_seen,
+            trained_tokens=state.trained_seen,
         )
         run.save_info(info)
         registry.update(run_id, status="finished", metrics=metrics, ended=True)
@@ -279,15 +283,20 @@ def fit(
         while state.step < s.total_steps and not state.early_stopped:
             s.batches.set_epoch(state.epoch, skip=state.batch_in_epoch)
             s.collator.epoch = state.epoch
+            tick = time.perf_counter()  # data loading counts towards the step that waits for it
             for window in accumulation_windows(s.loader, ga):
                 started = time.perf_counter()
                 loss, units, tokens, applied = train_step(s, window, state)
                 state.batch_in_epoch += len(window)
+                state.train_seconds += time.perf_counter() - tick
                 if not applied:
                     console.print(f"skipped a step with a NaN/inf loss or gradient ({state.nan_skips} so far)")
+                    tick = time.perf_counter()
                     continue
                 state.step += 1
                 state.tokens_seen += tokens
+                state.trained_seen += units
+                state.positions_seen += sum(b["input_ids"].numel() for b in window)
                 logger.add(loss, units, tokens, time.perf_counter() - started)
                 epoch = state.epoch + state.batch_in_epoch / max(len(s.batches), 1)
                 last = state.step >= s.total_steps
@@ -316,6 +325,7 @@ def fit(
                     )
                 if last or state.early_stopped:
                     break
+                tick = time.perf_counter()
             else:
                 state.epoch += 1
                 state.batch_in_epoch = 0

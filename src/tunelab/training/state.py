@@ -14,7 +14,10 @@ class TrainState:
     step: int = 0  # optimizer steps done
     epoch: int = 0  # the epoch in progress (0-based)
     batch_in_epoch: int = 0  # micro-batches of the current epoch already consumed
-    tokens_seen: int = 0
+    tokens_seen: int = 0  # real (non-padding) input tokens of the applied steps
+    positions_seen: int = 0  # input positions computed, padding included
+    trained_seen: int = 0  # trained units (answer tokens, or rows)
+    train_seconds: float = 0.0  # wall time of the training steps and their data loading, evaluations excluded
     best_metric: float | None = None
     best_step: int | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)
