@@ -1,0 +1,72 @@
+"""Chat and Export pages API: streamed answers from a run (or its base model), exports with their parity check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, BackgroundTasks, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunelab.ui.chat import stream_answer
+
+router = APIRouter(prefix="/api")
+
+
+class ChatRequest(BaseModel):
+    """A chat turn for one run; the sampling fields are those of the OpenAI API (and ``tunelab serve``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    run: str = Field(min_length=1)
+    base: bool = False
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1, le=4096)
+
+
+class ExportRequest(BaseModel):
+    format: str = "adapter"
+    dtype: str = "float32"
+    quant: str = "q8_0"
+
+
+@router.post("/chat")
+async def chat(request: Request, body: ChatRequest) -> Any:
+    """Server-sent events in OpenAI's chunk format (``data: {...choices[0].delta.content...}``, ``data: [DONE]``)."""
+    studio = request.app.state.studio
+    view = await run_in_threadpool(studio.runs.get, body.run)
+    fields = body.model_dump(include={"messages", "temperature", "top_p", "max_tokens"}, exclude_none=True)
+    return await stream_answer(studio.chat, view["path"], body.base, fields)
+
+
+@router.get("/runs/{run_id}/exports")
+async def exports(request: Request, run_id: str) -> dict[str, Any]:
+    studio = request.app.state.studio
+    view = await run_in_threadpool(studio.runs.get, run_id)
+    return {
+        "exports": await run_in_threadpool(studio.exports.exports, view["path"]),
+        "jobs": studio.exports.list_jobs(view["path"]),
+    }
+
+
+@router.post("/runs/{run_id}/exports")
+async def start_export(request: Request, run_id: str, body: ExportRequest) -> dict[str, Any]:
+    studio = request.app.state.studio
+    view = await run_in_threadpool(studio.runs.get, run_id)
+    if view["status"] != "finished":
+        from tunelab.errors import TunelabError
+
+        raise TunelabError(f"run {view['name']} has not finished (status {view['status']})", field="run")
+    return studio.exports.start(view["path"], body.format, body.dtype, body.quant)
+
+
+@router.get("/runs/{run_id}/exports/{name}/download")
+async def download(request: Request, run_id: str, name: str, background: BackgroundTasks) -> FileResponse:
+    studio = request.app.state.studio
+    view = await run_in_threadpool(studio.runs.get, run_id)
+    path, filename = await run_in_threadpool(studio.exports.archive, view["path"], name)
+    if path.suffix == ".zip" and path.parent == studio.exports.tmp:
+        background.add_task(path.unlink, missing_ok=True)
+    return FileResponse(path, filename=filename, background=background)
