@@ -30,6 +30,14 @@ quickstart: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The studio's browser tests drive Debian's Chromium (never a downloaded browser build); install it when missing.
+CHROMIUM ?= /usr/bin/chromium
+.PHONY: browser
+test: browser
+browser: setup
+	@test -x $(CHROMIUM) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo "could not install chromium: the browser tests will fail (TUNELAB_SKIP_BROWSER=1 skips them)"
+
 lint: setup
 	$(BIN)/ruff check src tests bench
 

@@ -627,6 +627,24 @@ def models() -> None:
         console.print(f"{name}: {spec.description} (pip package {spec.pip_name})")
 
 
+# ---------------------------------------------------------------------------------------------------------- studio
+@app.command()
+def studio(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs --password."),
+    port: int = typer.Option(7860, "--port", help="Port to listen on."),
+    password: str | None = typer.Option(
+        None, "--password", envvar="TUNELAB_STUDIO_PASSWORD", help="Require this password (or TUNELAB_STUDIO_PASSWORD)."
+    ),
+    output_directory: Path = OutputDirOption,
+    data_dir: Path = typer.Option(Path("studio_data"), "--data-dir", help="The studio's folder for uploads and logs."),
+    max_upload_mb: float = typer.Option(50, "--max-upload-mb", help="Largest upload accepted, in MB."),
+) -> None:
+    """Open the web studio: datasets, experiments with live charts, chat and export in the browser (works offline)."""
+    from tunelab.ui import run_studio
+
+    run_studio(host, port, password, output_directory, data_dir, max_upload_mb)
+
+
 def main() -> None:
     """Entry point: run the app, turning tunelab errors into one line and exit code 2."""
     try:
