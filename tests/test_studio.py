@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import socket
 import subprocess
 import sys
 import time
 import typing
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -373,3 +375,18 @@ def test_a_run_survives_a_studio_restart_then_stops_and_resumes(tmp_path, tiny_b
     kinds = [json.loads(p.read_text())["kind"] for p in sorted((data / "launches").glob("*.json"))]
     assert sorted(kinds) == ["resume", "train"] and len(final["launch_ids"]) == 2
     assert any("resuming" in line for line in client.get(f"/api/runs/{run_id}/log?lines=5000").json()["lines"])
+
+    again = client.get(f"/api/runs/{run_id}/config").json()["values"]  # "start from a previous run"
+    assert again["training.max_steps"] == "600" and again["llm_backbone"] == str(tiny_bert)
+    assert client.post("/api/validate", json={"values": again}).json()["ok"]
+    # export: the adapter with its parity check, then downloaded as a zip
+    assert client.post(f"/api/runs/{run_id}/exports", json={"format": "onnx"}).status_code == 400
+    assert client.post(f"/api/runs/{run_id}/exports", json={"format": "adapter"}).json()["running"]
+    exports = wait_for(lambda: client.get(f"/api/runs/{run_id}/exports").json()["exports"], 300, "the export")
+    assert exports[0]["name"] == "adapter" and exports[0]["parity"]["passed"] is True
+    names = zipfile.ZipFile(io.BytesIO(client.get(f"/api/runs/{run_id}/exports/adapter/download").content)).namelist()
+    assert "adapter/adapter_config.json" in names and "adapter/parity.json" in names
+    assert client.get(f"/api/runs/{run_id}/exports/%2E%2E/download").status_code == 400
+    # chat is for causal LMs: a classification run is refused with a reason, before any model is loaded
+    chat = client.post("/api/chat", json={"run": run_id, "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 400 and "causal-LM" in chat.json()["error"]["message"]

@@ -39,10 +39,10 @@ STEPS = 3000 if SHOTS else 1000
 PAGE_ERRORS: list[str] = []
 
 
-def shot(page, name: str) -> None:
+def shot(page, name: str, full_page: bool = False) -> None:
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=False)
+        page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=full_page)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_upload_and_preview_a_csv(chromium_page, studio, sentiment_csv, tiny_ber
         ".preview-row >> nth=0"
     )
     assert page.locator("svg.chart[aria-label='token lengths'] rect").count() > 2
-    shot(page, "datasets")
+    shot(page, "datasets", full_page=True)
 
 
 def test_experiment_start_stop_resume_finish_and_report(chromium_page, studio, sentiment_csv, tiny_bert):
@@ -137,7 +137,12 @@ def test_experiment_start_stop_resume_finish_and_report(chromium_page, studio, s
     assert page.input_value("[name='problem_type']") == "classification"
     page.fill("[name='training.learning_rate']", "fast")
     page.wait_for_selector("[data-error-for='training.learning_rate']:has-text('valid number')")
+    if SHOTS:
+        page.locator("[data-field='training.learning_rate']").scroll_into_view_if_needed()
+        shot(page, "new_experiment")
     values = classification_values(tiny_bert, sentiment_csv, "sentiment-tiny", STEPS)
+    if SHOTS:
+        values["training.evaluation_epochs"] = "25"  # metric curves with more than two points, for the pictures
     came_along = ("problem_type", "dataset.train_dataframe", "dataset.prompt_column", "dataset.label_column")
     for path in [p for p in values if p not in came_along]:
         group = page.locator(f"details[data-group='{path.split('.')[0] if '.' in path else 'basics'}']")
@@ -145,15 +150,15 @@ def test_experiment_start_stop_resume_finish_and_report(chromium_page, studio, s
             group.locator("summary").click()  # a collapsed section opens like any <details>
         page.fill(f"[name='{path}']", values[path])
     page.wait_for_selector("[data-error-for='training.learning_rate']:text-is('')", state="attached")
-    shot(page, "new_experiment")
     page.click("#review")
     page.wait_for_selector("#plan-summary")
     assert "fits" in page.inner_text("#plan-summary") and f"{STEPS:,} steps" in page.inner_text("#plan-summary")
+    page.locator("#start").scroll_into_view_if_needed()
     shot(page, "new_experiment_plan")
     page.click("#start")
     page.wait_for_selector("#run-charts svg.chart polyline")  # the live chart has points: the run trains
     if SHOTS:
-        page.wait_for_timeout(4000)
+        page.wait_for_timeout(5000)
         shot(page, "run_live")
     page.click("[data-action='stop']")
     ended = "#run-head .badge[data-status='{}'], #run-head .badge[data-status='failed']"
@@ -172,6 +177,11 @@ def test_experiment_start_stop_resume_finish_and_report(chromium_page, studio, s
     frame = page.frame_locator("#report-frame")
     frame.locator("text=accuracy").first.wait_for()
     shot(page, "report")
+    page.click("text=← back to the run")
+    page.click("text=New experiment from this config")  # start from a previous run's config
+    page.wait_for_function("document.querySelector(\"[name='experiment_name']\").value === 'sentiment-tiny-2'")
+    assert page.input_value("[name='llm_backbone']") == str(tiny_bert)
+    assert page.input_value("[name='training.max_steps']") == str(STEPS)
     assert not PAGE_ERRORS
 
 

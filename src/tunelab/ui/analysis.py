@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.config import RunConfig
-from tunelab.errors import DataError, TunelabError
+from tunelab.errors import DataError
 
 PREVIEW_ROWS = 5
 HISTOGRAM_BINS = 30
@@ -139,8 +139,6 @@ def estimate(cfg: RunConfig) -> dict[str, Any]:
     from tunelab.training.setup import build_batches, count_steps, prepare_data
 
     cfg = cfg.model_copy(deep=True)
-    if not cfg.dataset.train_dataframe:
-        raise TunelabError("no training data set", field="dataset.train_dataframe", hint="pick a file on Datasets")
     with _LOCK:
         source, _, problem, data, report = prepare_data(cfg, check=False)
         seq_len = longest_batch(data.train.lengths(), cfg)

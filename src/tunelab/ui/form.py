@@ -154,10 +154,20 @@ def values_to_data(values: dict[str, str]) -> tuple[dict[str, Any], list[dict[st
     return data, unknown
 
 
-def check_values(values: dict[str, str], output_directory: str) -> tuple[RunConfig | None, list[dict[str, str]]]:
-    """Validate the form: the config, or every problem as ``{"field": dotted path, "message": ...}``."""
+def check_values(
+    values: dict[str, str], output_directory: str, require_data: bool = False
+) -> tuple[RunConfig | None, list[dict[str, str]]]:
+    """Validate the form: the config, or every problem as ``{"field": dotted path, "message": ...}``.
+
+    Args:
+        values: field path -> the text in its form field.
+        output_directory: where the studio keeps runs (the form does not choose it).
+        require_data: also demand a training file (to plan or start a run; the schema allows none).
+    """
     data, problems = values_to_data(values)
     data["output_directory"] = output_directory
+    if require_data and not (data.get("dataset") or {}).get("train_dataframe"):
+        problems.append({"field": "dataset.train_dataframe", "message": "choose the training data (see Datasets)"})
     if problems:
         return None, problems
     try:

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections import deque
 from pathlib import Path
@@ -172,7 +171,3 @@ class RecordStore:
 
     def remove(self, record_id: str) -> None:
         (self.folder / f"{record_id}.json").unlink(missing_ok=True)
-
-
-def now() -> float:
-    return time.time()

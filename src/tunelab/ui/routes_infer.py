@@ -6,10 +6,11 @@ from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.ui.chat import stream_answer
+from tunelab.ui.server import error_body
 
 router = APIRouter(prefix="/api")
 
@@ -35,10 +36,15 @@ class ExportRequest(BaseModel):
 @router.post("/chat")
 async def chat(request: Request, body: ChatRequest) -> Any:
     """Server-sent events in OpenAI's chunk format (``data: {...choices[0].delta.content...}``, ``data: [DONE]``)."""
+    from tunelab.infer.serve import APIError  # imports torch: only when a chat begins
+
     studio = request.app.state.studio
     view = await run_in_threadpool(studio.runs.get, body.run)
     fields = body.model_dump(include={"messages", "temperature", "top_p", "max_tokens"}, exclude_none=True)
-    return await stream_answer(studio.chat, view["path"], body.base, fields)
+    try:
+        return await stream_answer(studio.chat, view["path"], body.base, fields)
+    except APIError as exc:  # the serving code's refusal (a prompt too long for the run, ...)
+        return JSONResponse(error_body(exc.message, exc.param), status_code=exc.status)
 
 
 @router.get("/runs/{run_id}/exports")

@@ -52,7 +52,7 @@ async def validate(request: Request, body: FormBody) -> dict[str, Any]:
 
 @router.post("/plan")
 async def plan(request: Request, body: FormBody) -> Any:
-    cfg, problems = check_values(body.values, str(_studio(request).output_dir))
+    cfg, problems = check_values(body.values, str(_studio(request).output_dir), require_data=True)
     if cfg is None:
         return problems_response(problems)
     return await run_in_threadpool(estimate, cfg)
@@ -62,7 +62,7 @@ async def plan(request: Request, body: FormBody) -> Any:
 async def start_experiment(request: Request, body: FormBody) -> Any:
     """Validate the form, write its config into the data folder and start ``tunelab train`` on it."""
     studio = _studio(request)
-    cfg, problems = check_values(body.values, str(studio.output_dir))
+    cfg, problems = check_values(body.values, str(studio.output_dir), require_data=True)
     if cfg is None:
         return problems_response(problems)
     launch = await run_in_threadpool(studio.runs.start, cfg)

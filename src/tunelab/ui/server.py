@@ -68,7 +68,6 @@ def error_body(message: str, field: str | None = None, **extra: Any) -> dict[str
 
 def install_errors(app: FastAPI) -> None:
     """Every refusal becomes ``{"error": {"message", "field"}}`` with a fitting status; no tracebacks reach a page."""
-    from tunelab.infer.serve import APIError
     from tunelab.runs import RegistryError
 
     @app.exception_handler(TunelabError)
@@ -81,10 +80,6 @@ def install_errors(app: FastAPI) -> None:
         elif isinstance(exc, RunActionError):
             status = 409
         return JSONResponse(error_body(exc.line(), exc.field), status_code=status)
-
-    @app.exception_handler(APIError)
-    async def _serve(request: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(error_body(exc.message, exc.param), status_code=exc.status)
 
     @app.exception_handler(ValidationError)
     async def _pydantic(request: Request, exc: ValidationError) -> JSONResponse:
@@ -142,14 +137,23 @@ def create_app(settings: StudioSettings) -> FastAPI:
     return app
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (``tunelab serve``'s rule, without importing torch)."""
+    import ipaddress
+
+    host = host.strip().strip("[]").lower()
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def check_bind(host: str, password: str | None) -> None:
     """Anything beyond this machine may reach a studio bound elsewhere than loopback: it needs a password.
 
     Raises:
         TunelabError: for a non-loopback host without a password.
     """
-    from tunelab.infer.serve import is_loopback
-
     if not password and not is_loopback(host):
         raise TunelabError(
             f"refusing to serve the studio on {host} without a password",
@@ -171,14 +175,13 @@ def run_studio(
     Raises:
         TunelabError: a public host without a password, a bad upload limit, a port in use.
     """
-    import uvicorn
-
-    from tunelab.infer.serve import bind_socket
-
     password = password or None
     check_bind(host, password)
     if max_upload_mb <= 0:
         raise TunelabError(f"--max-upload-mb must be above 0, not {max_upload_mb}", field="--max-upload-mb")
+    import uvicorn
+
+    from tunelab.infer.serve import bind_socket  # a port in use is told in one line
     settings = StudioSettings(Path(output_directory), Path(data_dir), password, max_upload_mb)
     sock = bind_socket(host, port)
     app = create_app(settings)

@@ -35,7 +35,7 @@ TL.lineChart = function ({ title, series, width = 520, height = 240, xLabel = "s
   }
   let [x0, x1] = [Math.min(...all.map((p) => p[0])), Math.max(...all.map((p) => p[0]))];
   let [y0, y1] = [Math.min(...all.map((p) => p[1])), Math.max(...all.map((p) => p[1]))];
-  if (x0 === x1) [x0, x1] = [x0 - 1, x1 + 1];
+  if (x0 === x1) [x0, x1] = [Math.max(0, x0 - 1), x1 + 1]; // steps are never negative
   if (y0 === y1) [y0, y1] = [y0 - Math.abs(y0 || 1) * 0.1, y1 + Math.abs(y1 || 1) * 0.1];
   const margin = (y1 - y0) * 0.06;
   [y0, y1] = [y0 - margin, y1 + margin];

@@ -110,7 +110,7 @@ TL.pages.chat = {
     pickB.addEventListener("change", clear);
     el.append(
       h("h1", {}, "Chat"),
-      runs.length ? null : h("p", { class: "muted" }, "No finished causal-LM run yet: chat needs one."),
+      runs.length ? "" : h("p", { class: "muted" }, "No finished causal-LM run yet: chat needs one."),
       TL.card(null,
         h("div", { class: "row wrap" },
           TL.field("model A", pickA), TL.field("model B (side by side)", pickB),

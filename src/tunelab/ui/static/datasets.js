@@ -14,107 +14,101 @@ function guessSettings(columns) {
   return { problem_type: "causal_lm", prompt: columns[0] || "instruction", answer: columns[1] || "output", label: "" };
 }
 
+// The "choose a file" card: upload (refused uploads say why), a path on the server, the uploaded files.
+function filePanel(state, choose) {
+  const h = TL.h;
+  const fileInput = h("input", { type: "file", id: "upload-file", accept: ".csv,.tsv,.json,.jsonl,.parquet,.txt,.gz" });
+  const message = h("span", { class: "field-error", id: "upload-error" });
+  const help = h("small", {});
+  const list = h("ul", { class: "uploads" });
+  const pathInput = h("input", { type: "text", id: "data-path", value: state.path, placeholder: "/path/on/the/server/data.jsonl" });
+  const refresh = async () => {
+    const data = await TL.api("GET", "/api/datasets");
+    const pick = (u) => (e) => { e.preventDefault(); choose(u.path, null); };
+    list.replaceChildren(...data.uploads.map((u) => h("li", {}, h("a", { href: "#", onclick: pick(u) }, u.name), ` ${TL.bytes(u.bytes)}`)));
+    help.textContent = `Files up to ${data.max_upload_mb} MB are stored in the studio's data folder.`;
+  };
+  const upload = async () => {
+    message.textContent = "";
+    const file = fileInput.files[0];
+    if (!file) return (message.textContent = "choose a file first");
+    try {
+      const data = await TL.api("POST", `/api/datasets/upload?name=${encodeURIComponent(file.name)}`, file);
+      choose(data.path, data.columns);
+      TL.toast(`uploaded ${data.name}`);
+      await refresh();
+    } catch (err) {
+      message.textContent = err.message;
+    }
+  };
+  const card = TL.card("1 · Choose a file",
+    h("div", { class: "row" }, fileInput, h("button", { id: "upload", onclick: upload }, "Upload"), message), help,
+    TL.field("…or a file on the server", pathInput, "CSV, TSV, JSON, JSONL, Parquet or text (also .gz), a glob, or a saved dataset folder."),
+    h("h3", {}, "Uploaded files"), list);
+  return { card, refresh, pathInput };
+}
+
 TL.pages.datasets = {
   async render(el) {
     const h = TL.h;
     const schema = await TL.schema();
-    const state = TL.datasetState || (TL.datasetState = { path: "", columns: [] });
-    const fileInput = h("input", { type: "file", id: "upload-file", accept: ".csv,.tsv,.json,.jsonl,.parquet,.txt,.gz" });
-    const uploadMsg = h("span", { class: "field-error", id: "upload-error" });
-    const pathInput = h("input", { type: "text", id: "data-path", value: state.path, placeholder: "/path/on/the/server/data.jsonl" });
-    const uploadsList = h("ul", { class: "uploads" });
-    const problem = TL.select(schema.problem_types, state.problem_type || "causal_lm", { id: "ds-problem" });
-    const backbone = h("input", { id: "ds-backbone", list: "ds-backbones", value: state.backbone || "" });
-    const backbones = h("datalist", { id: "ds-backbones" }, schema.backbones.map((b) => h("option", { value: b.name }, b.description)));
-    const format = TL.select(
-      schema.groups.find((g) => g.name === "dataset").fields.find((f) => f.name === "format").choices,
-      state.format || "auto",
-      { id: "ds-format" }
-    );
-    const promptCol = h("input", { id: "ds-prompt", value: state.prompt || "" });
-    const answerCol = h("input", { id: "ds-answer", value: state.answer || "" });
-    const labelCol = h("input", { id: "ds-label", value: state.label || "" });
-    const inspectBtn = h("button", { class: "primary", id: "inspect" }, "Inspect");
+    const state = TL.datasetState || (TL.datasetState = { path: "" });
+    const formats = schema.groups.find((g) => g.name === "dataset").fields.find((f) => f.name === "format").choices;
+    const ctl = {
+      problem: TL.select(schema.problem_types, state.problem_type || "causal_lm", { id: "ds-problem" }),
+      backbone: h("input", { id: "ds-backbone", list: "ds-backbones", value: state.backbone || "" }),
+      format: TL.select(formats, state.format || "auto", { id: "ds-format" }),
+      prompt: h("input", { id: "ds-prompt", value: state.prompt || "" }),
+      answer: h("input", { id: "ds-answer", value: state.answer || "" }),
+      label: h("input", { id: "ds-label", value: state.label || "" }),
+    };
     const result = h("div", { id: "inspect-result" });
-
-    const defaultBackbone = () => (problem.value === "classification" || problem.value === "regression" ? "all-minilm-l6-v2" : "smollm2-135m-instruct");
-    const applyGuess = (columns) => {
-      const g = guessSettings(columns);
-      problem.value = g.problem_type;
-      promptCol.value = g.prompt;
-      answerCol.value = g.answer;
-      labelCol.value = g.label;
-      if (!backbone.value) backbone.value = defaultBackbone();
-    };
+    const scored = () => ["classification", "regression"].includes(ctl.problem.value);
+    const defaultBackbone = () => (scored() ? "all-minilm-l6-v2" : "smollm2-135m-instruct");
     const choose = (path, columns) => {
-      pathInput.value = path;
-      state.path = path;
-      if (columns && columns.length) applyGuess(columns);
+      files.pathInput.value = state.path = path;
+      if (!columns || !columns.length) return;
+      const g = guessSettings(columns);
+      ctl.problem.value = g.problem_type;
+      [ctl.prompt.value, ctl.answer.value, ctl.label.value] = [g.prompt, g.answer, g.label];
+      ctl.backbone.value = defaultBackbone();
     };
-    const refreshUploads = async () => {
-      const data = await TL.api("GET", "/api/datasets");
-      uploadsList.replaceChildren(
-        ...data.uploads.map((u) =>
-          h("li", {}, h("a", { href: "#", onclick: (e) => { e.preventDefault(); choose(u.path, null); } }, u.name), ` ${TL.bytes(u.bytes)}`)
-        )
-      );
-      uploadHelp.textContent = `Files up to ${data.max_upload_mb} MB are stored in the studio's data folder.`;
-    };
-    const uploadHelp = h("small", {});
-    const upload = async () => {
-      uploadMsg.textContent = "";
-      const file = fileInput.files[0];
-      if (!file) return (uploadMsg.textContent = "choose a file first");
-      try {
-        const data = await TL.api("POST", `/api/datasets/upload?name=${encodeURIComponent(file.name)}`, file);
-        choose(data.path, data.columns);
-        TL.toast(`uploaded ${data.name}`);
-        await refreshUploads();
-      } catch (err) {
-        uploadMsg.textContent = err.message;
-      }
-    };
+    const files = filePanel(state, choose);
     const values = () => {
-      const v = { problem_type: problem.value, llm_backbone: backbone.value || defaultBackbone(), "dataset.format": format.value };
-      if (promptCol.value) v["dataset.prompt_column"] = promptCol.value;
-      if (answerCol.value) v["dataset.answer_column"] = answerCol.value;
-      if (labelCol.value) v["dataset.label_column"] = labelCol.value;
+      const v = { problem_type: ctl.problem.value, llm_backbone: ctl.backbone.value || defaultBackbone(), "dataset.format": ctl.format.value };
+      if (ctl.prompt.value) v["dataset.prompt_column"] = ctl.prompt.value;
+      if (ctl.answer.value) v["dataset.answer_column"] = ctl.answer.value;
+      if (ctl.label.value) v["dataset.label_column"] = ctl.label.value;
       return v;
     };
     const inspect = async () => {
-      Object.assign(state, { path: pathInput.value, problem_type: problem.value, backbone: backbone.value, format: format.value,
-        prompt: promptCol.value, answer: answerCol.value, label: labelCol.value });
+      Object.assign(state, { path: files.pathInput.value, problem_type: ctl.problem.value, backbone: ctl.backbone.value,
+        format: ctl.format.value, prompt: ctl.prompt.value, answer: ctl.answer.value, label: ctl.label.value });
       result.replaceChildren(h("p", { class: "muted" }, "reading and tokenising…"));
       try {
-        const data = await TL.api("POST", "/api/datasets/inspect", { path: pathInput.value, values: values() });
+        const data = await TL.api("POST", "/api/datasets/inspect", { path: files.pathInput.value, values: values() });
         result.replaceChildren(renderInspection(data, values()));
       } catch (err) {
         result.replaceChildren(TL.errorBox(err.message));
       }
     };
-    inspectBtn.addEventListener("click", inspect);
-    if (!backbone.value) backbone.value = defaultBackbone();
-    problem.addEventListener("change", () => { backbone.value = defaultBackbone(); });
-
+    if (!ctl.backbone.value) ctl.backbone.value = defaultBackbone();
+    ctl.problem.addEventListener("change", () => (ctl.backbone.value = defaultBackbone()));
+    const backbones = h("datalist", { id: "ds-backbones" }, schema.backbones.map((b) => h("option", { value: b.name }, b.description)));
     el.append(
       h("h1", {}, "Datasets"),
-      h("div", { class: "grid2" },
-        TL.card("1 · Choose a file",
-          h("div", { class: "row" }, fileInput, h("button", { id: "upload", onclick: upload }, "Upload"), uploadMsg),
-          uploadHelp,
-          TL.field("…or a file on the server", pathInput, "CSV, TSV, JSON, JSONL, Parquet or text (also .gz), a glob, or a saved dataset folder."),
-          h("h3", {}, "Uploaded files"), uploadsList),
+      h("div", { class: "grid2" }, files.card,
         TL.card("2 · How to read it",
-          TL.field("problem type", problem),
-          TL.field("backbone (its tokenizer renders the rows)", h("span", { class: "combo" }, backbone, backbones)),
-          TL.field("format", format, "'auto' detects it from the first row."),
-          TL.field("prompt column(s)", promptCol, "Several: comma-separated."),
-          TL.field("answer column (causal LM)", answerCol),
-          TL.field("label column (classification, regression)", labelCol),
-          inspectBtn)),
+          TL.field("problem type", ctl.problem),
+          TL.field("backbone (its tokenizer renders the rows)", h("span", { class: "combo" }, ctl.backbone, backbones)),
+          TL.field("format", ctl.format, "'auto' detects it from the first row."),
+          TL.field("prompt column(s)", ctl.prompt, "Several: comma-separated."),
+          TL.field("answer column (causal LM)", ctl.answer),
+          TL.field("label column (classification, regression)", ctl.label),
+          h("button", { class: "primary", id: "inspect", onclick: inspect }, "Inspect"))),
       result
     );
-    await refreshUploads();
+    await files.refresh();
   },
 };
 

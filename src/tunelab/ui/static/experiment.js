@@ -4,124 +4,148 @@
 
 const OPEN_GROUPS = ["basics", "dataset", "training"];
 
+// The form's state: field texts, which fields the user changed, their inputs and error slots.
+class ExperimentForm {
+  constructor(schema) {
+    this.schema = schema;
+    this.values = {};
+    this.touched = new Set();
+    this.inputs = {};
+    this.errors = {};
+    this.globalError = TL.h("div", { id: "form-error" });
+    this.planBox = TL.h("div", { id: "plan" });
+    this.timer = null;
+  }
+
+  setValues(values, keepTouched) {
+    for (const [path, text] of Object.entries(values)) {
+      if (keepTouched && this.touched.has(path)) continue;
+      this.values[path] = text;
+      const input = this.inputs[path];
+      if (!input) continue;
+      if (input.type === "checkbox") input.checked = text === "true";
+      else input.value = text;
+    }
+  }
+
+  async loadDefaults(problemType, keepTouched) {
+    const data = await TL.api("GET", `/api/defaults?problem_type=${encodeURIComponent(problemType)}`);
+    this.setValues(data.values, keepTouched);
+  }
+
+  // Each problem next to its field (opening its section); problems without a field above the form.
+  showProblems(problems) {
+    for (const span of Object.values(this.errors)) {
+      span.textContent = "";
+      span.closest(".frow").classList.remove("invalid");
+    }
+    const loose = [];
+    for (const p of problems) {
+      const span = this.errors[p.field];
+      if (!span) {
+        loose.push(p.field ? `${p.field}: ${p.message}` : p.message);
+        continue;
+      }
+      span.textContent = span.textContent ? `${span.textContent}; ${p.message}` : p.message;
+      span.closest(".frow").classList.add("invalid");
+      span.closest("details").open = true;
+    }
+    this.globalError.replaceChildren(...loose.map((m) => TL.errorBox(m)));
+    return problems.length === 0;
+  }
+
+  async validate() {
+    const data = await TL.api("POST", "/api/validate", { values: this.values });
+    return this.showProblems(data.problems);
+  }
+
+  edit(path, text) {
+    this.values[path] = text;
+    this.touched.add(path);
+    this.planBox.replaceChildren();
+    if (path === "problem_type") this.loadDefaults(text, true).then(() => this.validate());
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.validate(), 350);
+  }
+
+  showError(err) {
+    if (err.problems.length) this.showProblems(err.problems);
+    else if (err.field && this.errors[err.field]) this.showProblems([{ field: err.field, message: err.message }]);
+    else this.globalError.replaceChildren(TL.errorBox(err.message));
+  }
+
+  groups() {
+    const h = TL.h;
+    return this.schema.groups.map((group) =>
+      h("details", { class: "group", open: OPEN_GROUPS.includes(group.name), "data-group": group.name },
+        h("summary", {}, h("span", { class: "gname" }, group.name), h("span", { class: "muted" }, ` — ${group.description}`)),
+        group.fields.map((f) => fieldRow(f, this, (path, text) => this.edit(path, text), this.schema)))
+    );
+  }
+
+  // Validate, ask the planner, show its estimate with the button that starts the run.
+  async review() {
+    if (!(await this.validate())) return TL.toast("fix the marked fields first", "bad");
+    this.planBox.replaceChildren(TL.h("p", { class: "muted" }, "planning (reads the data, measures one layer)…"));
+    try {
+      const plan = await TL.api("POST", "/api/plan", { values: this.values });
+      this.planBox.replaceChildren(renderPlan(plan, () => this.start()));
+    } catch (err) {
+      this.planBox.replaceChildren(TL.errorBox(err.message));
+      this.showError(err);
+    }
+  }
+
+  async start() {
+    try {
+      const run = await TL.api("POST", "/api/experiments", { values: this.values });
+      TL.toast(`started ${run.name}`);
+      location.hash = `#/runs/${run.id}`;
+    } catch (err) {
+      this.showError(err);
+    }
+  }
+
+  async fromRun(runId) {
+    if (!runId) return this.loadDefaults(this.values.problem_type || "causal_lm", false);
+    const data = await TL.api("GET", `/api/runs/${runId}/config`);
+    this.touched = new Set(Object.keys(data.values));
+    this.setValues(data.values, false);
+    this.edit("experiment_name", `${data.values.experiment_name}-2`);
+    this.inputs.experiment_name.value = this.values.experiment_name;
+  }
+}
+
 TL.pages.new = {
   async render(el) {
     const h = TL.h;
-    const schema = await TL.schema();
-    const form = { values: {}, touched: new Set(), inputs: {}, errors: {} };
-    const globalError = h("div", { id: "form-error" });
-    const planBox = h("div", { id: "plan" });
-    const fromRun = h("select", { id: "from-run" }, h("option", { value: "" }, "— defaults —"));
-    const groupsBox = h("div", { class: "groups" });
-
-    const setValues = (values, keepTouched) => {
-      for (const [path, text] of Object.entries(values)) {
-        if (keepTouched && form.touched.has(path)) continue;
-        form.values[path] = text;
-        const input = form.inputs[path];
-        if (!input) continue;
-        if (input.type === "checkbox") input.checked = text === "true";
-        else input.value = text;
-      }
-    };
-    const loadDefaults = async (problemType, keepTouched) => {
-      const data = await TL.api("GET", `/api/defaults?problem_type=${encodeURIComponent(problemType)}`);
-      setValues(data.values, keepTouched);
-    };
-    const showProblems = (problems) => {
-      for (const span of Object.values(form.errors)) span.textContent = "";
-      for (const row of el.querySelectorAll(".frow.invalid")) row.classList.remove("invalid");
-      const loose = [];
-      for (const p of problems) {
-        const span = form.errors[p.field];
-        if (span) {
-          span.textContent = span.textContent ? `${span.textContent}; ${p.message}` : p.message;
-          span.closest(".frow").classList.add("invalid");
-          span.closest("details").open = true;
-        } else loose.push(p.field ? `${p.field}: ${p.message}` : p.message);
-      }
-      globalError.replaceChildren(...loose.map((m) => TL.errorBox(m)));
-      return problems.length === 0;
-    };
-    let validateTimer = null;
-    const validate = async () => {
-      const data = await TL.api("POST", "/api/validate", { values: form.values });
-      return showProblems(data.problems);
-    };
-    const onEdit = (path, text) => {
-      form.values[path] = text;
-      form.touched.add(path);
-      planBox.replaceChildren();
-      if (path === "problem_type") loadDefaults(text, true).then(validate);
-      clearTimeout(validateTimer);
-      validateTimer = setTimeout(validate, 350);
-    };
-
-    for (const group of schema.groups) {
-      const rows = group.fields.map((f) => fieldRow(f, form, onEdit, schema));
-      groupsBox.append(
-        h("details", { class: "group", open: OPEN_GROUPS.includes(group.name), "data-group": group.name },
-          h("summary", {}, h("span", { class: "gname" }, group.name), h("span", { class: "muted" }, ` — ${group.description}`)),
-          rows)
-      );
-    }
-
-    const review = async () => {
-      if (!(await validate())) return TL.toast("fix the marked fields first", "bad");
-      planBox.replaceChildren(h("p", { class: "muted" }, "planning (reads the data, measures one layer)…"));
-      try {
-        const plan = await TL.api("POST", "/api/plan", { values: form.values });
-        planBox.replaceChildren(renderPlan(plan, start));
-      } catch (err) {
-        planBox.replaceChildren(TL.errorBox(err.message));
-        if (err.problems.length) showProblems(err.problems);
-      }
-    };
-    const start = async () => {
-      try {
-        const run = await TL.api("POST", "/api/experiments", { values: form.values });
-        TL.toast(`started ${run.name}`);
-        location.hash = `#/runs/${run.id}`;
-      } catch (err) {
-        if (err.field && form.errors[err.field]) showProblems([{ field: err.field, message: err.message }]);
-        else globalError.replaceChildren(TL.errorBox(err.message));
-        if (err.problems.length) showProblems(err.problems);
-      }
-    };
-    fromRun.addEventListener("change", async () => {
-      if (!fromRun.value) return loadDefaults(form.values.problem_type || "causal_lm", false);
-      const data = await TL.api("GET", `/api/runs/${fromRun.value}/config`);
-      form.touched = new Set(Object.keys(data.values));
-      setValues(data.values, false);
-      onEdit("experiment_name", `${data.values.experiment_name}-2`);
-      form.inputs.experiment_name.value = form.values.experiment_name;
-    });
-
+    const form = new ExperimentForm(await TL.schema());
+    const fromRun = h("select", { id: "from-run", onchange: () => form.fromRun(fromRun.value) },
+      h("option", { value: "" }, "— defaults —"));
     el.append(
       h("h1", {}, "New experiment"),
       h("div", { class: "toolbar" }, TL.field("start from a previous run's config", fromRun)),
-      globalError,
-      groupsBox,
+      form.globalError,
+      h("div", { class: "groups" }, form.groups()),
       h("div", { class: "actions sticky" },
-        h("button", { id: "check", onclick: validate }, "Check"),
-        h("button", { class: "primary", id: "review", onclick: review }, "Estimate & review →")),
-      planBox
+        h("button", { id: "check", onclick: () => form.validate() }, "Check"),
+        h("button", { class: "primary", id: "review", onclick: () => form.review() }, "Estimate & review →")),
+      form.planBox
     );
     const preset = TL.presetRun;
-    TL.presetRun = null;
-    await loadDefaults((TL.newExperiment && TL.newExperiment.problem_type) || "causal_lm", false);
-    if (TL.newExperiment) {
-      for (const [path, text] of Object.entries(TL.newExperiment)) onEdit(path, text);
-      setValues(TL.newExperiment, false);
-      TL.newExperiment = null;
+    const fromDataset = TL.newExperiment;
+    TL.presetRun = TL.newExperiment = null;
+    await form.loadDefaults((fromDataset && fromDataset.problem_type) || "causal_lm", false);
+    if (fromDataset) {
+      for (const [path, text] of Object.entries(fromDataset)) form.edit(path, text);
+      form.setValues(fromDataset, false);
     }
-    const runs = await TL.runs();
-    for (const run of runs) fromRun.append(h("option", { value: run.id }, `${run.name} (${run.status})`));
+    for (const run of await TL.runs()) fromRun.append(h("option", { value: run.id }, `${run.name} (${run.status})`));
     if (preset) {
       fromRun.value = preset;
-      fromRun.dispatchEvent(new Event("change"));
+      await form.fromRun(preset);
     }
-    validate();
+    form.validate();
   },
 };
 

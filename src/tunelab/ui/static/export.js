@@ -49,13 +49,13 @@ TL.pages.export = {
     pick.addEventListener("change", draw);
     el.append(
       h("h1", {}, "Export"),
-      runs.length ? null : h("p", { class: "muted" }, "No finished run yet."),
+      runs.length ? "" : h("p", { class: "muted" }, "No finished run yet."),
       TL.card("Export a run",
         h("div", { class: "row wrap" }, TL.field("run", pick), TL.field("format", format),
           TL.field("merged dtype", dtype), TL.field("GGUF tensor type", quant)),
         h("p", { class: "muted" }, "Every export is checked against the trained model on 8 validation prompts (the parity check)."),
         h("button", { class: "primary", id: "export-start", onclick: go }, "Export"), error),
-      TL.card("In progress", jobsBox),
+      TL.card("Export jobs", jobsBox),
       TL.card("Exports", listBox)
     );
     await draw();

@@ -30,10 +30,12 @@ TL.pages.run = {
           h("tr", {}, h("th", {}, "started"), h("td", {}, TL.time(run.started))),
           h("tr", {}, h("th", {}, "duration"), h("td", { id: "run-duration" }, TL.duration(run.duration))),
           h("tr", {}, h("th", {}, "metrics"), h("td", { id: "run-metrics" }, TL.metricsText(run)))),
-        h("div", { class: "toolbar" }, TL.runActions(run, refresh), links)
+        h("div", { class: "toolbar" }, TL.runActions(run, refresh, "normal"), links)
       );
-      if (["failed", "lost"].includes(run.status) || (run.status === "stopped" && run.error)) {
+      if (["failed", "lost"].includes(run.status) || (run.status === "stopped" && !run.registered)) {
         errorBox.replaceChildren(TL.errorBox(run.error || "the run ended without a message", run.log_tail));
+      } else if (run.status === "stopped") {
+        errorBox.replaceChildren(h("div", { class: "note" }, "Stopped after saving a checkpoint: Resume continues exactly where it stopped."));
       } else errorBox.replaceChildren();
       finalBox.replaceChildren(run.status === "finished" ? finalMetrics(run.metrics) : "");
     };

@@ -3,13 +3,15 @@
 
 const ACTIVE = ["starting", "running", "resuming", "stopping"];
 
-TL.runActions = function (run, after) {
+TL.runActions = function (run, after, size) {
   const h = TL.h;
+  const cls = size || "small";
   const act = async (label, method, path) => {
     TL.paused = false;
     try {
       await TL.api(method, path);
       TL.toast(`${label}: ${run.name}`);
+      if (method === "DELETE" && location.hash.startsWith("#/runs/")) location.hash = "#/runs";
     } catch (err) {
       TL.toast(err.message, "bad");
     }
@@ -17,10 +19,10 @@ TL.runActions = function (run, after) {
   };
   const out = [];
   if (["running", "starting", "resuming"].includes(run.status)) {
-    out.push(h("button", { class: "small", "data-action": "stop", onclick: () => act("stopping", "POST", `/api/runs/${run.id}/stop`) }, "Stop"));
+    out.push(h("button", { class: cls, "data-action": "stop", onclick: () => act("stopping", "POST", `/api/runs/${run.id}/stop`) }, "Stop"));
   }
   if (["stopped", "failed", "lost"].includes(run.status) && run.registered) {
-    out.push(h("button", { class: "small", "data-action": "resume", onclick: () => act("resuming", "POST", `/api/runs/${run.id}/resume`) }, "Resume"));
+    out.push(h("button", { class: cls, "data-action": "resume", onclick: () => act("resuming", "POST", `/api/runs/${run.id}/resume`) }, "Resume"));
   }
   if (!ACTIVE.includes(run.status)) {
     const cell = h("span", { class: "confirm" });
@@ -31,7 +33,7 @@ TL.runActions = function (run, after) {
         h("button", { class: "small", onclick: () => { TL.paused = false; cell.replaceChildren(deleteBtn); } }, "Cancel"));
       TL.paused = true;
     };
-    const deleteBtn = h("button", { class: "small danger", "data-action": "delete", onclick: ask }, "Delete");
+    const deleteBtn = h("button", { class: `${cls} danger`, "data-action": "delete", onclick: ask }, "Delete");
     cell.append(deleteBtn);
     out.push(cell);
   }
@@ -65,7 +67,7 @@ TL.pages.runs = {
           return h("tr", { "data-run": run.id, "data-name": run.name, "data-status": run.status },
             h("td", {}, box),
             h("td", {}, h("a", { href: `#/runs/${run.id}` }, run.name),
-              run.error ? h("div", { class: "row-error" }, run.error) : null),
+              run.error && ["failed", "lost"].includes(run.status) ? h("div", { class: "row-error" }, run.error) : null),
             h("td", {}, TL.badge(run.status)),
             h("td", {}, run.problem_type || "–"),
             h("td", { class: "mono" }, shortBackbone(run.backbone)),
