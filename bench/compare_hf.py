@@ -40,8 +40,10 @@ LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": ["q_p
 ARMS = {
     "hf": "HF Trainer + PEFT (dynamic padding)",
     "trl": "TRL SFTTrainer + PEFT (packing)",
-    "tunelab": "tunelab (packing, trained-position head)",
+    "tunelab": "tunelab (best settings)",
+    "tunelab_fp32": "tunelab (float32 like the Trainer)",
 }
+DEFAULT_ARMS = "hf,trl,tunelab"
 
 
 # --------------------------------------------------------------------------------------------- shared by every arm
@@ -248,16 +250,47 @@ def run_trl(train_rows: list[dict[str, str]], val_rows: list[dict[str, str]], ou
     }
 
 
-def run_tunelab(train_path: str, val_path: str, out: str, overrides: list[str]) -> dict[str, Any]:
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX): then bf16 is ~4x float32 here."""
+    import torch
+
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check and check())
+
+
+def best_precision() -> str:
+    """tunelab's best backbone precision on this machine: bfloat16 on a GPU or a bf16-capable CPU, else float32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if cpu_has_bf16() else "float32"
+
+
+def adapter_validation_loss(run_dir: Path, val_rows: list[dict[str, str]]) -> float:
+    """The shared validation loss of a tunelab run's adapter on the float32 base model (exactly what the other
+    arms are measured on, whatever precision the adapter was trained in)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir(), dtype=torch.float32)
+    if torch.cuda.is_available():
+        base = base.cuda()
+    model = PeftModel.from_pretrained(base, str(run_dir / "adapter")).float()
+    return validation_loss(model, AutoTokenizer.from_pretrained(model_dir()), val_rows)
+
+
+def run_tunelab(train_path: str, val_path: str, out: str, overrides: list[str], precision: str) -> dict[str, Any]:
     from tunelab.api import train
     from tunelab.config import apply_overrides, validate_config
-    from tunelab.infer.model import load_run
 
     data = {
         "problem_type": "causal_lm",
         "experiment_name": "compare-hf",
         "output_directory": out,
         "llm_backbone": "smollm2-135m-instruct",
+        "architecture": {"backbone_dtype": precision},
         "dataset": {
             "train_dataframe": train_path,
             "validation_strategy": "custom",
@@ -265,6 +298,7 @@ def run_tunelab(train_path: str, val_path: str, out: str, overrides: list[str]) 
             "prompt_column": ["question"],
             "answer_column": "answer",
             "use_chat_template": False,
+            "add_eos_token_to_prompt": False,  # the Trainer's rows: question tokens, answer tokens, EOS
             "mask_prompt_labels": True,
         },
         "tokenizer": {"max_length": MAX_LENGTH, "max_length_prompt": MAX_LENGTH, "max_length_answer": MAX_LENGTH},
@@ -279,19 +313,30 @@ def run_tunelab(train_path: str, val_path: str, out: str, overrides: list[str]) 
             "epochs": 1,
             "schedule": "Linear",
             "warmup_epochs": 0,
-            "packing": True,
+            "drop_last_batch": False,  # the Trainer keeps the last short batch too
             "evaluate_before_training": False,
             "save_epochs": 0,
             "logging_steps": 5,
         },
-        "prediction": {"metric": "Perplexity"},
+        # tunelab's own evaluation after the epoch is not part of the comparison (the shared validation loss
+        # below is): keep its generated answers short so the whole comparison stays quick.
+        "prediction": {"metric": "Perplexity", "max_length_inference": 8},
         "environment": {"seed": SEED},
     }
     cfg = validate_config(apply_overrides(data, overrides), source="bench/compare_hf.py")
     result = train(cfg)
     memory, kind = peak_memory()
     info = json.loads((result.run_dir / "run.json").read_text(encoding="utf-8"))
-    loaded = load_run(result.run_dir)
+    t = cfg.training
+    settings = {
+        "backbone_dtype": cfg.architecture.backbone_dtype,
+        "padding_free": t.padding_free and not t.packing,
+        "packing": t.packing,
+        "chunked_loss": t.chunked_loss,
+        "optimizer": t.optimizer,
+        "release_cpu_memory": cfg.environment.release_cpu_memory,
+        **dict(o.split("=", 1) for o in overrides),
+    }
     return {
         "seconds": info["train_seconds"],
         "computed": info["train_positions"],
@@ -299,18 +344,8 @@ def run_tunelab(train_path: str, val_path: str, out: str, overrides: list[str]) 
         "trained": info["trained_tokens"],
         "memory_gb": memory,
         "memory_kind": kind,
-        "val_loss": validation_loss(loaded.model, loaded.tokenizer, read_rows(Path(val_path))),
-        "settings": "tunelab train: "
-        + ", ".join(
-            f"{k}={v}"
-            for k, v in {
-                "packing": cfg.training.packing,
-                "optimizer": cfg.training.optimizer,
-                "release_cpu_memory": cfg.environment.release_cpu_memory,
-                "mixed_precision": cfg.environment.mixed_precision,
-                **dict(o.split("=", 1) for o in overrides),
-            }.items()
-        ),
+        "val_loss": adapter_validation_loss(result.run_dir, read_rows(Path(val_path))),
+        "settings": "tunelab train: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
     }
 
 
@@ -324,7 +359,8 @@ def child(args: argparse.Namespace) -> None:
     elif args.child == "trl":
         result = run_trl(train_rows, val_rows, args.out)
     else:
-        result = run_tunelab(args.train, args.val, args.out, args.set)
+        precision = "float32" if args.child == "tunelab_fp32" else best_precision()
+        result = run_tunelab(args.train, args.val, args.out, args.set, precision)
     Path(args.result).write_text(json.dumps(result), encoding="utf-8")
 
 
@@ -359,7 +395,9 @@ def table(results: dict[str, dict[str, Any]], rows: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arms", default="hf,trl,tunelab", help="comma-separated: hf, trl, tunelab")
+    parser.add_argument(
+        "--arms", default=DEFAULT_ARMS, help=f"comma-separated, from: {', '.join(ARMS)} (default {DEFAULT_ARMS})"
+    )
     parser.add_argument("--rows", type=int, default=320, help="training rows (the first ones of the file)")
     parser.add_argument("--val-rows", type=int, default=100, help="validation rows (the last ones of the file)")
     parser.add_argument(

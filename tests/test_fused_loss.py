@@ -71,14 +71,13 @@ def test_causal_lm_loss_is_the_same_with_and_without_chunks(tiny_llama, qa_jsonl
     """The causal-LM loss, LoRA gradients and validation losses match with training.chunked_loss on and off."""
     from conftest import causal_config
 
+    import tunelab.problems.causal_lm as causal_lm
     from tunelab.config import load_config
     from tunelab.data.collate import pack_causal
     from tunelab.data.pipeline import build_splits
     from tunelab.models.load import load_tokenizer, resolve_backbone
     from tunelab.problems import build_problem
     from tunelab.training.setup import build_model
-
-    import tunelab.problems.causal_lm as causal_lm
 
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     calls = []

@@ -328,6 +328,12 @@ class TrainingConfig(Section):
         description="Concatenate examples into rows of up to tokenizer.max_length tokens (attention and labels never "
         "cross examples), so almost no compute is spent on padding. batch_size then counts packed rows.",
     )
+    padding_free: bool = Field(
+        True,
+        description="Causal LM: train each batch as one sequence of its rows laid end to end (position ids restart "
+        "per row, attention stays inside each row): the same rows and loss as a padded batch without computing "
+        "padding. Ignored with packing and for prefix/prompt tuning.",
+    )
     chunked_loss: bool = Field(
         True,
         description="Causal LM: apply the output layer and cross-entropy a chunk of tokens at a time, so the "

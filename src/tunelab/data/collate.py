@@ -127,6 +127,17 @@ def pad_pairs(
     return batch
 
 
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` of whole token sequences (for scoring)."""
+    width = max([len(s) for s in sequences] + [1])
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.as_tensor(np.asarray(seq, dtype=np.int64))
+        mask[row, : len(seq)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
 def pad_left(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Left-padded prompts for batched generation."""
     width = max(len(s) for s in sequences)
@@ -139,12 +150,19 @@ def pad_left(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def pack_causal(split: EncodedSplit, bins: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def pack_causal(
+    split: EncodedSplit,
+    bins: Sequence[Sequence[int]],
+    pad_id: int,
+    mask_probability: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
     """A packed causal-LM batch: each bin's rows concatenated into one sequence.
 
-    Position ids restart at 0 for every example and the batch has no attention mask, so attention stays inside
+    Position ids restart at 0 for every example and the model gets no attention mask, so attention stays inside
     each example; an example's first token gets no label, so no loss crosses examples either. Bins are right-padded
-    to the longest bin; padding forms its own segment and carries no labels.
+    to the longest bin; padding forms its own segment and carries no labels. One bin holding a whole batch is the
+    padding-free layout of that batch. ``mask_probability`` replaces that share of prompt tokens by ``pad_id``.
     """
     width = max(sum(int(split.offsets[i + 1] - split.offsets[i]) for i in b) for b in bins)
     ids = np.full((len(bins), width), pad_id, dtype=np.int64)
@@ -169,6 +187,8 @@ def pack_causal(split: EncodedSplit, bins: Sequence[Sequence[int]], pad_id: int)
         "position_ids": torch.from_numpy(positions),
         "attention_mask": torch.from_numpy(mask),
     }
+    if mask_probability > 0:
+        _mask_prompt_tokens(batch, mask_probability, pad_id, generator)
     batch["num_trained"] = torch.tensor(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()))
     return batch
 

@@ -338,7 +338,19 @@ class ExampleReader:
         for record in self.records():
             if self.format == "auto":
                 self.format = detect_format(record, self.cfg)
+                self._check_pairs(record)
             yield record, self.example(record)
+
+    def _check_pairs(self, record: Record) -> None:
+        """Reward models and DPO train on preference pairs: other data is refused naming the columns it has."""
+        cfg, ds = self.cfg, self.cfg.dataset
+        if cfg.problem_type in ("reward", "dpo") and self.format != "preference":
+            raise record.error(
+                f"{cfg.problem_type} trains on preference pairs, and this row has no '{ds.chosen_column}' and "
+                f"'{ds.rejected_column}' columns (columns are: {', '.join(list(record.data)[:12])})",
+                field=ds.chosen_column,
+                hint="set dataset.chosen_column and dataset.rejected_column",
+            )
 
     def example(self, record: Record) -> dict[str, Any]:
         if self.format == "h2o_multiturn":
@@ -396,6 +408,20 @@ def prompt_only_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
         reference = cell_text(record, ds.label_column, required=False) if ds.label_column in record.data else None
         return {"text": text, "reference": reference}
     fmt = ds.format if ds.format != "auto" else detect_format(record, cfg)
+    if fmt == "preference":
+        pair = preference_example(record, cfg)
+        if cfg.problem_type == "reward":  # score both answers
+            return pair
+        return {"messages": pair["prompt"], "reference": pair["chosen"]}
+    if cfg.problem_type == "reward":  # a prompt and one answer to score
+        if fmt not in BUILDERS or fmt in ("text", "h2o_multiturn"):
+            raise record.error(
+                "a reward model scores a prompt and an answer, or a preference pair",
+                field=ds.answer_column,
+                hint="give prompt_column and answer_column, messages, or chosen/rejected columns",
+            )
+        messages = BUILDERS[fmt](record, cfg)["messages"]
+        return {"prompt": messages[:-1], "answer": messages[-1]["content"], "reference": None}
     if fmt in ("messages", "sharegpt", "alpaca") or (fmt == "columns" and ds.answer_column in record.data):
         messages = BUILDERS[fmt](record, cfg)["messages"]
         return {"messages": messages[:-1], "reference": messages[-1]["content"]}

@@ -16,10 +16,11 @@ from tunelab.data.readers import Record
 from tunelab.data.tokenize import EncodedSplit, SplitBuilder
 from tunelab.evaluate.metrics import TEXT_METRICS, compute_custom_metric, compute_perplexity
 from tunelab.infer.generate import generate_batched
-from tunelab.training.fused_loss import chunked_cross_entropy, chunked_token_losses, plain_head
 from tunelab.models.adapters import is_prompt_learning, unwrap
+from tunelab.models.attention import varlen_attention
 from tunelab.problems import PROBLEMS
 from tunelab.problems.base import EvalResult
+from tunelab.training.fused_loss import chunked_cross_entropy, chunked_token_losses, plain_head
 
 
 def score_answers(
@@ -137,10 +138,17 @@ class CausalLMProblem:
     def collate(
         self, split: EncodedSplit, indices: list[Any], train: bool, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        """A right-padded batch; with packing, ``indices`` is a list of bins (lists of rows) instead."""
-        if indices and isinstance(indices[0], (list, tuple)):
-            return pack_causal(split, indices, self.tokenizer.pad_token_id)
+        """A right-padded batch; with packing, ``indices`` is a list of bins (lists of rows) instead.
+
+        Training batches are padding-free by default: the batch's rows concatenated into one sequence (the same
+        rows, the same loss, no compute spent on padding). Evaluation batches stay padded, one row per example.
+        """
         mask_p = self.cfg.augmentation.token_mask_probability if train else 0.0
+        pad = self.tokenizer.pad_token_id
+        if indices and isinstance(indices[0], (list, tuple)):
+            return pack_causal(split, indices, pad, mask_p, generator)
+        if train and self.padding_free():
+            return pack_causal(split, [list(indices)], pad, mask_p, generator)
         return pad_causal(
             split,
             indices,
@@ -149,6 +157,11 @@ class CausalLMProblem:
             mask_p,
             generator=generator,
         )
+
+    def padding_free(self) -> bool:
+        """Whether training batches are concatenated without padding (soft prompts need one sequence per row)."""
+        t = self.cfg.training
+        return t.padding_free and t.adapter not in ("prefix_tuning", "prompt_tuning")
 
     # ------------------------------------------------------------------ loss
     def trained_hidden(
@@ -167,11 +180,13 @@ class CausalLMProblem:
         fast = _head_fast_path(model)
         rows = trained.nonzero()[:, 0]
         if fast is None:
-            logits = model(**inputs).logits
+            with varlen_attention(unwrap(model), batch):
+                logits = model(**inputs).logits
             # Prompt tuning prepends soft tokens: keep the positions of the real tokens.
             return logits[:, logits.shape[1] - labels.shape[1] - 1 : -1][trained], None, labels[trained], rows
         decoder, head = fast
-        hidden = decoder(**inputs).last_hidden_state
+        with varlen_attention(unwrap(model), batch):
+            hidden = decoder(**inputs).last_hidden_state
         return hidden[:, :-1][trained], head, labels[trained], rows  # [trained, hidden]
 
     def trained_logits(

@@ -44,9 +44,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 grad_weight += grad.T @ h.float()
             if need_bias:
                 grad_bias += grad.sum(0)
-        ctx.save_for_backward(
-            *(g if g is not None else torch.empty(0) for g in (grad_hidden, grad_weight, grad_bias))
-        )
+        ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in (grad_hidden, grad_weight, grad_bias)))
         ctx.needs = (need_hidden, need_weight, need_bias)
         ctx.weight_dtype = weight.dtype
         return total
@@ -63,6 +61,50 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             None,
             None,
         )
+
+
+class _ChunkedTokenCrossEntropy(torch.autograd.Function):
+    """Per-token cross-entropy ``[tokens]`` of ``hidden @ weight.T (+ bias)`` for a frozen head, chunk by chunk.
+
+    A token's loss depends on its own hidden state only, so its gradient ``(softmax - one_hot) @ weight`` is
+    computed in the forward pass and scaled by the incoming per-token gradient in the backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: Any, targets: torch.Tensor, chunk: int):
+        losses = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden)
+        for start in range(0, hidden.shape[0], chunk):
+            t = targets[start : start + chunk]  # [c]
+            logits = torch.nn.functional.linear(hidden[start : start + chunk], weight, bias).float()  # [c, vocab]
+            lse = torch.logsumexp(logits, dim=-1)  # [c]
+            losses[start : start + chunk] = lse - logits.gather(1, t[:, None]).squeeze(1)
+            grad = logits.sub_(lse[:, None]).exp_()
+            grad[torch.arange(len(t), device=grad.device), t] -= 1.0
+            grad_hidden[start : start + chunk] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
+        ctx.save_for_backward(grad_hidden)
+        return losses
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor):
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad_output[:, None].to(grad_hidden.dtype), None, None, None, None
+
+
+def token_cross_entropy(
+    hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, chunk: int = DEFAULT_CHUNK
+) -> torch.Tensor:
+    """Per-token cross-entropy ``[tokens]`` of ``head(hidden)``, differentiable with respect to ``hidden``.
+
+    Without the full logits when the head is a frozen plain linear layer (LoRA and other adapters); a head that
+    trains gets the plain computation, so its gradient is exact too.
+    """
+    frozen = not head.weight.requires_grad and (head.bias is None or not head.bias.requires_grad)
+    if not torch.is_grad_enabled() or not hidden.requires_grad:
+        return chunked_token_losses(hidden, head, targets, chunk)
+    if plain_head(head) and frozen:
+        return _ChunkedTokenCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk)
+    return torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="none")
 
 
 def chunked_cross_entropy(

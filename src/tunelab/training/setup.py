@@ -230,6 +230,11 @@ def setup(cfg: RunConfig, seed: int, check: bool = True, console: Any = None) ->
     # adapter weights must not depend on whether they ran.
     set_seed(seed)
     model = build_model(cfg, problem, source)
+    # Problems that need the model before training (reference log-probabilities, a reward model) get it now.
+    if hasattr(problem, "attach"):
+        if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
+            model.to(accelerator.device)  # quantised weights are already on their device
+        problem.attach(model, data)
     parameters = count_parameters(model)
     # The optimizer comes after the adapter: it must see only the parameters that train.
     optimizer = build_optimizer(model, cfg.training)
