@@ -25,6 +25,7 @@ PROBLEM_METRICS: dict[str, tuple[str, ...]] = {
     "regression": ("MAE", "RMSE", "R2"),
     "reward": ("Pairwise_Accuracy", "Mean_Margin"),
     "dpo": ("Reward_Accuracy", "Reward_Margin", "Chosen_Logps", "Rejected_Logps"),
+    "rl": ("Reward", "Response_Length"),
 }
 PROBLEM_LOSSES: dict[str, tuple[str, ...]] = {
     "causal_lm": ("CrossEntropy",),
@@ -32,6 +33,7 @@ PROBLEM_LOSSES: dict[str, tuple[str, ...]] = {
     "regression": ("MSE", "L1", "Huber"),
     "reward": ("BradleyTerry",),
     "dpo": ("Preference",),  # which one: training.preference_loss
+    "rl": ("ClippedPolicy",),  # GRPO or PPO: rl.algorithm
 }
 # Problem types whose model is a causal LM with its language-model head (adapters, heads, chat, export, serve).
 CAUSAL_LM_PROBLEMS = ("causal_lm", "dpo", "rl")
@@ -40,7 +42,7 @@ PAIRWISE_PROBLEMS = ("reward", "dpo")
 # Backbone model types that are encoders: no language-model head, so they cannot be preference-tuned.
 ENCODER_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra", "mpnet")
 # Metrics where a lower value is better; everything else is maximised.
-LOWER_IS_BETTER = {"Perplexity", "perplexity", "loss", "MAE", "mae", "RMSE", "rmse"}
+LOWER_IS_BETTER = {"Perplexity", "perplexity", "loss", "MAE", "mae", "RMSE", "rmse", "kl", "value_loss"}
 # A user metric: an importable "module:function" (or "path/to/file.py:function").
 CUSTOM_METRIC = re.compile(r"^[\w./\\-]+:[A-Za-z_]\w*$")
 
@@ -468,6 +470,56 @@ class JudgeConfig(Section):
     cache: bool = Field(True, description="Remember judge replies on disk so re-evaluating the same answers is free.")
 
 
+class RLConfig(Section):
+    algorithm: Literal["grpo", "ppo"] = Field(
+        "grpo",
+        description="'grpo': advantages are each completion's reward against the other completions of its prompt "
+        "(group-normalised, no value model); 'ppo': a value head on the policy and GAE over the completion tokens.",
+    )
+    reward_function: str = Field(
+        "",
+        description="A Python reward 'module:function' or 'path/to/file.py:function', called as fn(prompts, "
+        "completions, references=..., finished=..., **reward_kwargs) and returning one number per completion. "
+        "Examples: tunelab.rewards:length_reward, format_reward, exact_match_reward, number_in_range_reward.",
+    )
+    reward_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments passed to reward_function (e.g. {max_words: 20})."
+    )
+    reward_model: str = Field(
+        "",
+        description="A finished reward run directory (problem_type: reward) that scores each completion; added to "
+        "reward_function's reward when both are set.",
+    )
+    num_generations: int = Field(
+        4, ge=1, le=64, description="Completions sampled per prompt (GRPO compares them; at least 2 for grpo)."
+    )
+    max_new_tokens: int = Field(64, ge=1, le=8192, description="Most tokens per sampled completion.")
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature of the completions.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus-sampling share of the completions.")
+    kl_coef: float = Field(
+        0.04,
+        ge=0,
+        le=100,
+        description="Weight of the KL penalty to the reference model (the backbone with the adapter switched "
+        "off): in the loss for grpo, in the per-token reward for ppo; 0 = no reference pass.",
+    )
+    clip_range: float = Field(
+        0.2, gt=0, lt=1, description="PPO/GRPO clipping of the probability ratio to [1 - clip_range, 1 + clip_range]."
+    )
+    num_iterations: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Optimizer steps on each batch of completions before new ones are sampled (the clipping "
+        "matters from the second on).",
+    )
+    scale_rewards: bool = Field(True, description="grpo: divide each group's advantages by its reward std.")
+    gamma: float = Field(1.0, ge=0, le=1, description="ppo: discount of future rewards.")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="ppo: GAE's lambda.")
+    value_coef: float = Field(0.1, ge=0, le=100, description="ppo: weight of the value-head loss.")
+    value_clip: float = Field(0.2, gt=0, le=100, description="ppo: clipping of the value change per update.")
+
+
 class EnvironmentConfig(Section):
     mixed_precision: Literal["auto"] | bool = Field(
         "auto",
@@ -503,6 +555,7 @@ SECTIONS: dict[str, type[Section]] = {
     "training": TrainingConfig,
     "prediction": PredictionConfig,
     "judge": JudgeConfig,
+    "rl": RLConfig,
     "environment": EnvironmentConfig,
 }
 
@@ -512,11 +565,12 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
-    problem_type: Literal["causal_lm", "classification", "regression", "reward", "dpo"] = Field(
+    problem_type: Literal["causal_lm", "classification", "regression", "reward", "dpo", "rl"] = Field(
         "causal_lm",
         description="What is trained: 'causal_lm' (instruction/chat SFT), 'classification' or 'regression' "
         "(one number per text, from label_column), 'reward' (a reward model scoring answers, trained on preference "
-        "pairs) or 'dpo' (preference tuning of a causal LM on pairs: DPO, IPO, hinge, SimPO, ORPO).",
+        "pairs), 'dpo' (preference tuning of a causal LM on pairs: DPO, IPO, hinge, SimPO, ORPO) or 'rl' (online RL: "
+        "sampled completions scored by a reward function or model, GRPO or PPO; see the rl section).",
     )
     experiment_name: str = Field(
         "tunelab-run", min_length=1, description="Name of the run; its directory is output_directory/experiment_name."
@@ -546,6 +600,9 @@ class RunConfig(BaseModel):
     )
     judge: JudgeConfig = Field(
         default_factory=JudgeConfig, description="The LLM that grades answers when a metric is 'judge'."
+    )
+    rl: RLConfig = Field(
+        default_factory=RLConfig, description="Online reinforcement learning (problem_type rl): sampling, reward, loss."
     )
     environment: EnvironmentConfig = Field(
         default_factory=EnvironmentConfig, description="Precision, data-loading workers and the random seed."
@@ -646,7 +703,7 @@ class RunConfig(BaseModel):
             found.append(("dataset.format", "preference pairs train a reward or dpo problem, not causal_lm"))
         if self.problem_type == "causal_lm" and not self.dataset.answer_column:
             found.append(("dataset.answer_column", "required for causal_lm"))
-        return found + self._pairwise_problems()
+        return found + self._pairwise_problems() + self._rl_problems()
 
     def _pairwise_problems(self) -> list[tuple[str, str]]:
         """The rules of the problem types trained on preference pairs (reward, dpo)."""
@@ -674,6 +731,25 @@ class RunConfig(BaseModel):
             )
         if kind == "dpo" and t.label_smoothing > 0 and t.preference_loss not in ("sigmoid", "simpo"):
             found.append(("training.label_smoothing", f"applies to sigmoid and simpo, not {t.preference_loss}"))
+        return found
+
+    def _rl_problems(self) -> list[tuple[str, str]]:
+        """The rules of online RL."""
+        if self.problem_type != "rl":
+            return []
+        found, rl = [], self.rl
+        if not (rl.reward_function or rl.reward_model):
+            found.append(("rl.reward_function", "rl needs a reward: set rl.reward_function and/or rl.reward_model"))
+        if rl.reward_function and not CUSTOM_METRIC.match(rl.reward_function):
+            found.append(("rl.reward_function", f"'{rl.reward_function}' is not 'module:function'"))
+        if rl.algorithm == "grpo" and rl.num_generations < 2:
+            found.append(("rl.num_generations", "grpo compares completions of one prompt: use at least 2"))
+        if self.training.packing:
+            found.append(("training.packing", "rl trains on sampled completions and cannot pack them"))
+        if rl.algorithm == "ppo" and self.training.adapter in ("prefix_tuning", "prompt_tuning"):
+            found.append(("training.adapter", "ppo's value head reads hidden states, which soft prompts hide"))
+        if backbone_model_type(self.llm_backbone) in ENCODER_MODEL_TYPES:
+            found.append(("llm_backbone", "rl tunes a causal LM (e.g. smollm2-135m-instruct); this is an encoder"))
         return found
 
     def all_metrics(self) -> list[str]:

@@ -394,11 +394,16 @@ def _chart(
     return f'<img alt="{_e(title)}" src="data:image/png;base64,{data}">'
 
 
+# Numbers a problem logs at training steps (online RL), drawn as training curves beside any validation ones.
+TRAIN_STATS = ("reward", "reward_std", "kl", "clip_fraction", "entropy", "response_length", "value_loss")
+
+
 def _charts(runs: list[tuple[str, RunFiles]]) -> str:
     """The loss curves (train per step, validation at eval steps) and one chart per validation metric."""
     if not any(run.records for _, run in runs):
         return _note("no metrics.jsonl: there are no curves to draw")
     keys = [k[5:] for _, run in runs for r in run.records for k in r if k.startswith("eval_") and k != "eval_loss"]
+    keys += [k for k in TRAIN_STATS if any(k in r for _, run in runs for r in run.records)]
     single = len(runs) == 1
     last = max(r["step"] for _, run in runs for r in run.records)
     mark = _number(runs[0][1].info.get("best_step")) if single else None
@@ -409,8 +414,8 @@ def _charts(runs: list[tuple[str, RunFiles]]) -> str:
         for i, (label, run) in enumerate(runs):
             prefix = "" if single else f"{label} "
             colour = {} if single else {"color": f"C{i}"}
-            if key == "loss":
-                steps, values = _curve(run.records, "loss")
+            if key == "loss" or key in TRAIN_STATS:
+                steps, values = _curve(run.records, key)
                 marker = "." if len(steps) < 40 else None
                 lines.append((f"{prefix}train", steps, values, {"marker": marker, "linewidth": 1.4, **colour}))
             steps, values = _curve(run.records, f"eval_{key}")

@@ -231,6 +231,7 @@ class TrainBatches:
         capacity: tokens per packed row (packing only).
         rank: this process's index.
         world: the number of processes.
+        repeat: yield every batch this many times in a row (online RL's updates on one batch of samples).
     """
 
     def __init__(
@@ -243,8 +244,10 @@ class TrainBatches:
         capacity: int = 0,
         rank: int = 0,
         world: int = 1,
+        repeat: int = 1,
     ):
         self.lengths = np.asarray(lengths)
+        self.repeat = repeat
         self.rank, self.world = rank, world
         self.batch_size = batch_size * world  # the global batch
         self.seed = seed
@@ -259,7 +262,7 @@ class TrainBatches:
 
     def __len__(self) -> int:
         n = self._units()
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return self.repeat * (n // self.batch_size if self.drop_last else -(-n // self.batch_size))
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Iterate epoch ``epoch`` next, starting after its first ``skip`` batches."""
@@ -273,6 +276,10 @@ class TrainBatches:
 
     def epoch_batches(self, epoch: int) -> list[list[Any]]:
         """Every global batch of ``epoch``, in order."""
+        batches = self._shuffled(epoch)
+        return [batch for batch in batches for _ in range(self.repeat)]
+
+    def _shuffled(self, epoch: int) -> list[list[Any]]:
         generator = torch.Generator().manual_seed(hash((self.seed, epoch)) & 0x7FFFFFFF)
         perm = torch.randperm(self._units(), generator=generator).tolist()
         if self.bins is not None:

@@ -353,6 +353,8 @@ class ExampleReader:
             )
 
     def example(self, record: Record) -> dict[str, Any]:
+        if self.cfg.problem_type == "rl":  # online RL samples its own answers: prompts (and references) only
+            return prompt_only_example(record, self.cfg)
         if self.format == "h2o_multiturn":
             return self._chained(record)
         return BUILDERS[self.format](record, self.cfg)

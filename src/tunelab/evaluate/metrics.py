@@ -100,11 +100,11 @@ TEXT_METRICS: dict[str, tuple[Callable[[Sequence[str], Sequence[str]], float], C
 }
 
 
-def load_metric_function(spec: str) -> Callable[..., Any]:
-    """The user metric ``module:function`` (or ``path/to/file.py:function``).
+def load_metric_function(spec: str, field: str = "prediction.metric") -> Callable[..., Any]:
+    """The user function ``module:function`` (or ``path/to/file.py:function``): a metric, or a reward function.
 
     Raises:
-        ConfigError: when the module or function cannot be found, naming ``prediction.metric``.
+        ConfigError: when the module or function cannot be found, naming ``field``.
     """
     target, _, name = spec.rpartition(":")
     try:
@@ -123,14 +123,14 @@ def load_metric_function(spec: str) -> Callable[..., Any]:
             module = importlib.import_module(target)
     except Exception as exc:  # any import failure is the user's metric module: say which
         raise ConfigError(
-            f"cannot import the metric module '{target}' ({type(exc).__name__}: {exc})",
-            field="prediction.metric",
+            f"cannot import the module '{target}' ({type(exc).__name__}: {exc})",
+            field=field,
             hint="use 'package.module:function' importable from here, or 'path/to/file.py:function'",
         ) from exc
     function = getattr(module, name, None)
     if not callable(function):
         raise ConfigError(
-            f"'{target}' has no function '{name}'", field="prediction.metric", hint="check the name after the ':'"
+            f"'{target}' has no function '{name}'", field=field, hint="check the name after the ':'"
         )
     return function
 

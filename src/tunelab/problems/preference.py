@@ -8,7 +8,6 @@ log-probabilities of every pair once, before training, and frees that copy again
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,11 +18,11 @@ from tunelab.data.collate import pad_pairs
 from tunelab.data.prompts import IGNORE_INDEX
 from tunelab.data.readers import Record
 from tunelab.data.tokenize import EncodedSplit, SplitBuilder
-from tunelab.models.adapters import is_peft_model
 from tunelab.problems import PROBLEMS
 from tunelab.problems.base import EvalResult
 from tunelab.problems.causal_lm import CausalLMProblem
 from tunelab.problems.pairs import add_pair, pair_rows, pairwise_accuracy, render_answer_only
+from tunelab.problems.reference import ReferenceModel
 from tunelab.training.fused_loss import token_cross_entropy
 
 REFERENCE_FREE = ("simpo", "orpo")
@@ -77,7 +76,7 @@ def preference_losses(
 
 
 @PROBLEMS.register("dpo")
-class PreferenceProblem(CausalLMProblem):
+class PreferenceProblem(ReferenceModel, CausalLMProblem):
     """A causal LM tuned to prefer the chosen answers; generation, chat and export as for causal_lm."""
 
     name: ClassVar[str] = "dpo"
@@ -123,26 +122,6 @@ class PreferenceProblem(CausalLMProblem):
 
     def uses_reference(self) -> bool:
         return self.cfg.training.preference_loss not in REFERENCE_FREE
-
-    @contextmanager
-    def reference_model(self, model: Any):
-        """The reference model: ``model`` with its adapter switched off, or the frozen copy of the backbone."""
-        if is_peft_model(model):
-            with model.disable_adapter():
-                yield model
-            return
-        if self._frozen is None:
-            self._frozen = self._load_frozen(next(model.parameters()).device)
-        yield self._frozen
-
-    def _load_frozen(self, device: torch.device) -> Any:
-        from tunelab.models.load import load_backbone, resolve_backbone
-
-        frozen = load_backbone(
-            resolve_backbone(self.cfg.llm_backbone), self.auto_class(), dtype=self.cfg.architecture.backbone_dtype
-        )
-        frozen.requires_grad_(False)
-        return frozen.to(device).eval()
 
     @torch.no_grad()
     def reference_logps(self, model: Any, batch: dict[str, torch.Tensor], split: EncodedSplit | None = None) -> Any:

@@ -92,22 +92,26 @@ class MetricLogger:
         self._reset()
 
     def _reset(self) -> None:
-        self.acc = {"loss_sum": 0.0, "units": 0, "tokens": 0, "seconds": 0.0}
+        self.acc = {"loss_sum": 0.0, "units": 0, "tokens": 0, "seconds": 0.0, "stats": {}}
 
-    def add(self, loss: float, units: int, tokens: int, seconds: float) -> None:
-        """Account one optimizer step (mean loss over ``units`` trained units)."""
+    def add(self, loss: float, units: int, tokens: int, seconds: float, stats: dict[str, float] | None = None) -> None:
+        """Account one optimizer step (mean loss over ``units`` trained units); ``stats`` are the problem's own
+        training numbers of the step (e.g. RL's reward), averaged over the steps of a log interval."""
         self.acc["loss_sum"] += loss * units
         self.acc["units"] += units
         self.acc["tokens"] += tokens
         self.acc["seconds"] += seconds
+        for key, value in (stats or {}).items():
+            total, count = self.acc["stats"].get(key, (0.0, 0))
+            self.acc["stats"][key] = (total + value, count + 1)
 
     def to_state(self) -> dict[str, Any]:
         """The steps accumulated since the last log point, so a resumed run logs the same numbers."""
-        return dict(self.acc)
+        return {**self.acc, "stats": {k: list(v) for k, v in self.acc["stats"].items()}}
 
     def load_state(self, saved: dict[str, Any], step: int) -> None:
         """Restore the accumulators and drop log records written after the checkpoint's ``step``."""
-        self.acc = dict(saved)
+        self.acc = {**saved, "stats": {k: tuple(v) for k, v in saved.get("stats", {}).items()}}
         if self.enabled and self.run.metrics_jsonl.is_file():
             kept = [
                 line
@@ -134,6 +138,7 @@ class MetricLogger:
                 tokens_per_s=self.acc["tokens"] / seconds,
                 trained_tokens_per_s=self.acc["units"] / seconds,
             )
+            record.update({k: total / count for k, (total, count) in self.acc["stats"].items()})
             self._reset()
         if eval_metrics:
             record.update({f"eval_{k}": v for k, v in eval_metrics.items()})

@@ -54,6 +54,12 @@ def accumulation_windows(loader: Any, size: int) -> Iterator[list[dict[str, torc
         yield window
 
 
+def step_stats(problem: Any) -> dict[str, float]:
+    """A problem's own numbers of the last step (RL: reward, KL, clip fraction, ...); most problems have none."""
+    pop = getattr(problem, "pop_stats", None)
+    return pop() if pop is not None else {}
+
+
 def train_step(
     s: TrainSetup, window: list[dict[str, torch.Tensor]], state: TrainState | None = None
 ) -> tuple[float, int, int, bool]:
@@ -297,7 +303,7 @@ def fit(
                 state.tokens_seen += tokens
                 state.trained_seen += units
                 state.positions_seen += sum(b["input_ids"].numel() for b in window)
-                logger.add(loss, units, tokens, time.perf_counter() - started)
+                logger.add(loss, units, tokens, time.perf_counter() - started, step_stats(s.problem))
                 epoch = state.epoch + state.batch_in_epoch / max(len(s.batches), 1)
                 last = state.step >= s.total_steps
                 eval_metrics = None

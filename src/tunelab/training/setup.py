@@ -139,8 +139,11 @@ def build_model(cfg: RunConfig, problem: Any, source: str) -> Any:
     return model
 
 
-def build_batches(cfg: RunConfig, split: EncodedSplit, seed: int, rank: int = 0, world: int = 1) -> TrainBatches:
-    """The training batch plan: shuffled rows, rows grouped by length, or packed bins (sharded across processes)."""
+def build_batches(
+    cfg: RunConfig, split: EncodedSplit, seed: int, rank: int = 0, world: int = 1, repeat: int = 1
+) -> TrainBatches:
+    """The training batch plan: shuffled rows, rows grouped by length, or packed bins (sharded across processes);
+    every batch ``repeat`` times in a row when the problem updates several times on one batch (online RL)."""
     return TrainBatches(
         split.lengths(),
         cfg.training.batch_size,
@@ -150,6 +153,7 @@ def build_batches(cfg: RunConfig, split: EncodedSplit, seed: int, rank: int = 0,
         capacity=cfg.tokenizer.max_length,
         rank=rank,
         world=world,
+        repeat=repeat,
     )
 
 
@@ -238,7 +242,8 @@ def setup(cfg: RunConfig, seed: int, check: bool = True, console: Any = None) ->
     parameters = count_parameters(model)
     # The optimizer comes after the adapter: it must see only the parameters that train.
     optimizer = build_optimizer(model, cfg.training)
-    batches = build_batches(cfg, data.train, seed, accelerator.process_index, accelerator.num_processes)
+    repeat = getattr(problem, "batch_repeats", 1)
+    batches = build_batches(cfg, data.train, seed, accelerator.process_index, accelerator.num_processes, repeat)
     steps_per_epoch, total_steps = count_steps(cfg, len(batches))
     warmup = round(cfg.training.warmup_epochs * steps_per_epoch)
     scheduler = build_scheduler(optimizer, cfg.training.schedule, total_steps, warmup)
