@@ -254,6 +254,21 @@ def test_the_form_has_every_field_with_its_help_and_the_schema_choices(tmp_path)
     assert defaults["llm_backbone"] == "all-minilm-l6-v2" and defaults["prediction.metric"] == "Accuracy"
 
 
+def test_every_field_default_survives_the_form():
+    """Each field's default, shown as text and read back, is the same value (new field types included)."""
+    from pydantic import TypeAdapter
+
+    from tunelab.ui.form import parse_text, value_text
+
+    fields = [(n, f) for n, f in RunConfig.model_fields.items() if n not in SECTIONS]
+    fields += [(f"{s}.{n}", f) for s, model in SECTIONS.items() for n, f in model.model_fields.items()]
+    for path, field in fields:
+        default = field.get_default(call_default_factory=True)
+        adapter = TypeAdapter(field.annotation)
+        again = adapter.validate_python(parse_text(value_text(default), field.annotation))
+        assert again == adapter.validate_python(default), path
+
+
 def test_config_errors_are_reported_by_field(tmp_path, tiny_bert, sentiment_csv):
     client = studio_client(tmp_path)
     values = classification_values(tiny_bert, sentiment_csv, "bad", 3)

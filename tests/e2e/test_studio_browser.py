@@ -100,6 +100,12 @@ def quickstart_run(studio):
     log.close()
 
 
+def quickstart_faq() -> str:
+    from tunelab.quickstart import faq_path
+
+    return faq_path()
+
+
 def open_page(page, url: str, hash_: str) -> None:
     page.goto(f"{url}/#/{hash_}")
     page.wait_for_selector("#page[data-ready='1']")
@@ -135,11 +141,12 @@ def test_experiment_start_stop_resume_finish_and_report(chromium_page, studio, s
     page.wait_for_selector("#page[data-ready='1'] [name='training.max_steps']")
     assert page.input_value("[name='dataset.train_dataframe']").endswith("sentiment.csv")
     assert page.input_value("[name='problem_type']") == "classification"
+    shot(page, "new_experiment")
     page.fill("[name='training.learning_rate']", "fast")
     page.wait_for_selector("[data-error-for='training.learning_rate']:has-text('valid number')")
     if SHOTS:
-        page.locator("[data-field='training.learning_rate']").scroll_into_view_if_needed()
-        shot(page, "new_experiment")
+        page.locator("[data-field='training.learning_rate']").evaluate("e => e.scrollIntoView({block: 'center'})")
+        shot(page, "new_experiment_error")
     values = classification_values(tiny_bert, sentiment_csv, "sentiment-tiny", STEPS)
     if SHOTS:
         values["training.evaluation_epochs"] = "25"  # metric curves with more than two points, for the pictures
@@ -151,7 +158,8 @@ def test_experiment_start_stop_resume_finish_and_report(chromium_page, studio, s
         page.fill(f"[name='{path}']", values[path])
     page.wait_for_selector("[data-error-for='training.learning_rate']:text-is('')", state="attached")
     page.click("#review")
-    page.wait_for_selector("#plan-summary")
+    page.wait_for_selector("#plan-summary, #plan .error-box, #form-error .error-box")
+    assert page.locator("#plan-summary").count() == 1, page.inner_text("#page")[-2000:]
     assert "fits" in page.inner_text("#plan-summary") and f"{STEPS:,} steps" in page.inner_text("#plan-summary")
     page.locator("#start").scroll_into_view_if_needed()
     shot(page, "new_experiment_plan")
@@ -208,6 +216,21 @@ def test_chat_with_the_quickstart_run_streams(chromium_page, studio, quickstart_
 
 def test_compare_and_export_pages(chromium_page, studio):
     page = chromium_page
+    # a chat-template rendering: the prompt's tokens are shown masked, the answer's trained
+    open_page(page, studio["url"], "datasets")
+    page.fill("#data-path", quickstart_faq())
+    page.select_option("#ds-problem", "causal_lm")
+    page.fill("#ds-backbone", "smollm2-135m-instruct")
+    page.fill("#ds-prompt", "question")
+    page.fill("#ds-answer", "answer")
+    page.fill("#ds-label", "")
+    page.click("#inspect")
+    page.wait_for_selector("#detected-format:text-is('columns')")
+    first = page.locator(".preview-row pre.tokens").first
+    assert "<|im_start|>" in first.locator(".tok:not(.trained)").first.inner_text()  # SmolLM2's chat template
+    assert first.locator(".tok.trained").count() >= 1 and first.locator(".tok:not(.trained)").count() >= 1
+    page.locator("text=Rows as the model sees them").evaluate("e => e.scrollIntoView()")
+    shot(page, "datasets_chat_template")
     open_page(page, studio["url"], "runs")
     shot(page, "experiments")
     for name in ("sentiment-tiny", "quickstart"):
@@ -215,7 +238,7 @@ def test_compare_and_export_pages(chromium_page, studio):
     page.click("#compare")
     page.wait_for_selector("#config-diff")
     assert "llm_backbone" in page.inner_text("#config-diff") and "problem_type" in page.inner_text("#config-diff")
-    shot(page, "compare")
+    shot(page, "compare", full_page=True)
     open_page(page, studio["url"], "export")
     page.select_option("#export-run", label="sentiment-tiny (classification)")
     page.click("#export-start")

@@ -36,7 +36,11 @@ def _literals(annotation: Any) -> list[Any]:
 
 
 def field_kind(annotation: Any) -> tuple[str, list[str]]:
-    """How a field is edited: (kind, choices). Kinds: bool, choice, number, text, list, text_or_list, open_choice."""
+    """How a field is edited: (kind, choices).
+
+    Kinds: bool, choice, number, text, list, text_or_list, open_choice, and yaml (a mapping or any other type: the
+    text is read as YAML, e.g. ``{top_k: 3}``).
+    """
     origin, args = _args(annotation)
     if annotation is bool:
         return "bool", []
@@ -55,7 +59,7 @@ def field_kind(annotation: Any) -> tuple[str, list[str]]:
         if str in args:
             return "text_or_list", []
         return "open_choice", literals  # e.g. int | 'auto'
-    return "text", []
+    return "yaml", []
 
 
 def _bounds(field: Any) -> str:
@@ -70,6 +74,8 @@ def _bounds(field: Any) -> str:
 
 def value_text(value: Any) -> str:
     """A config value as the text shown in its form field."""
+    if isinstance(value, dict):
+        return json.dumps(value)  # JSON is YAML: it reads back as the same mapping
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):

@@ -23,7 +23,7 @@ function niceTicks(lo, hi, count) {
 
 // series: [{label, points: [[x, y], ...]}]; returns an <svg> with axes, ticks, one polyline per series, a legend.
 TL.lineChart = function ({ title, series, width = 520, height = 240, xLabel = "step" }) {
-  const pad = { l: 56, r: 12, t: 26, b: 34 };
+  const pad = { l: 56, r: 22, t: 26, b: 34 };
   const all = series.flatMap((s) => s.points).filter((p) => p[1] !== null && isFinite(p[1]));
   const root = TL.svg("svg", {
     viewBox: `0 0 ${width} ${height}`, width, height, class: "chart", role: "img", "aria-label": title,
@@ -123,7 +123,7 @@ TL.histogram = function ({ edges, series, max_length }, width = 560, height = 22
     root.append(TL.svg("line", { x1: sx(max_length), x2: sx(max_length), y1: pad.t, y2: height - pad.b, class: "limit" }));
     root.append(TL.svg("text", { x: sx(max_length) - 4, y: pad.t + 20, "text-anchor": "end", class: "legend" }, `max_length ${max_length}`));
   } else {
-    root.append(TL.svg("text", { x: width - pad.r, y: pad.t + 6, "text-anchor": "end", class: "legend" }, `max_length ${max_length} (far beyond)`));
+    root.append(TL.svg("text", { x: width - pad.r, y: pad.t + 22, "text-anchor": "end", class: "legend" }, `max_length ${max_length} (far beyond)`));
   }
   root.append(TL.svg("line", { x1: pad.l, x2: width - pad.r, y1: height - pad.b, y2: height - pad.b, class: "axis" }));
   root.append(TL.svg("text", { x: width - pad.r, y: height - 4, "text-anchor": "end" }, "tokens"));

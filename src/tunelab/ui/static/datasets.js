@@ -137,8 +137,10 @@ function renderInspection(data, values) {
       h("table", { class: "kv" }, rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v)))),
       h("button", { class: "primary", id: "use-dataset", onclick: useIt }, "Use in a new experiment →")),
     TL.card("Rows as the model sees them",
-      h("p", { class: "muted" }, "Trained tokens are ", h("span", { class: "tok trained" }, "green"), "; masked tokens (no loss) are ",
-        h("span", { class: "tok" }, "grey"), ". Special tokens and the chat template are shown as they are."),
+      data.preview.some((row) => row.label !== undefined)
+        ? h("p", { class: "muted" }, "The whole text is the model's input; the label is what it learns to predict.")
+        : h("p", { class: "muted" }, "Trained tokens are ", h("span", { class: "tok trained" }, "green"), "; masked tokens (no loss) are ",
+          h("span", { class: "tok" }, "grey"), ". Special tokens and the chat template are shown as they are."),
       data.preview.map((row) =>
         h("div", { class: "preview-row" },
           h("div", { class: "muted" }, `row ${row.row} · ${row.tokens} tokens`, row.label !== undefined ? ` · label ${row.label}` : ""),

@@ -85,7 +85,10 @@ class ExperimentForm {
 
   // Validate, ask the planner, show its estimate with the button that starts the run.
   async review() {
-    if (!(await this.validate())) return TL.toast("fix the marked fields first", "bad");
+    if (!(await this.validate())) {
+      const marked = Object.entries(this.errors).filter(([, span]) => span.textContent).map(([path]) => path);
+      return this.planBox.replaceChildren(TL.errorBox(`fix the marked fields first: ${marked.join(", ") || "see above"}`));
+    }
     this.planBox.replaceChildren(TL.h("p", { class: "muted" }, "planning (reads the data, measures one layer)…"));
     try {
       const plan = await TL.api("POST", "/api/plan", { values: this.values });
