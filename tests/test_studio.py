@@ -7,6 +7,7 @@ import base64
 import contextlib
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -85,6 +86,16 @@ def studio_server(
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def stop_leftovers(data: Path) -> None:
+    """Kill what a failed test left running (runs and exports live in their own sessions, beyond pytest's reach)."""
+    import signal
+
+    for record in [*data.glob("launches/*.json"), *data.glob("export_jobs/*.json")]:
+        pid = json.loads(record.read_text())["pid"]
+        if tunelab_process_alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def wait_for(check: typing.Callable[[], typing.Any], timeout: float, what: str) -> typing.Any:
@@ -342,7 +353,7 @@ def test_lost_and_failed_runs_show_their_error_and_last_log_lines(tmp_path):
     view = client.get(f"/api/runs/{run_id}").json()
     assert view["status"] == "lost" and "gone" in view["error"]
     # a studio launch that fails before it registers: its one-line error and the last lines of its output
-    values = {**classification_values(Path("/nonexistent/model"), tmp_path / "missing.csv", "broken", 3)}
+    values = classification_values(Path("/nonexistent/model"), tmp_path / "missing.csv", "broken", 3)
     started = client.post("/api/experiments", json={"values": values}).json()
     assert started["status"] == "starting"
     failed = wait_for(
@@ -360,6 +371,13 @@ def test_lost_and_failed_runs_show_their_error_and_last_log_lines(tmp_path):
 def test_a_run_survives_a_studio_restart_then_stops_and_resumes(tmp_path, tiny_bert, sentiment_csv, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a tiny model gains nothing from a second thread, and waits for it
     out, data = tmp_path / "out", tmp_path / "studio_data"
+    try:
+        _survive_stop_resume_export(tmp_path, out, data, tiny_bert, sentiment_csv)
+    finally:
+        stop_leftovers(data)
+
+
+def _survive_stop_resume_export(tmp_path: Path, out: Path, data: Path, tiny_bert: Path, sentiment_csv: Path) -> None:
     values = classification_values(tiny_bert, sentiment_csv, "survivor", 600)
     with studio_server(out, data) as url:
         launch = httpx.post(f"{url}/api/experiments", json={"values": values}, timeout=30).json()

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_studio import classification_values, studio_server
+from test_studio import classification_values, stop_leftovers, studio_server
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = os.environ.get("TUNELAB_CHROMIUM", "/usr/bin/chromium")
@@ -76,8 +76,11 @@ def studio(tmp_path_factory):
     """A real studio process with a 1 MB upload limit; tiny runs train on one thread (they gain nothing from two)."""
     root = tmp_path_factory.mktemp("studio")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with studio_server(root / "out", root / "studio_data", "--max-upload-mb", "1", cwd=root, env=env) as url:
-        yield {"url": url, "root": root, "out": root / "out"}
+    try:
+        with studio_server(root / "out", root / "studio_data", "--max-upload-mb", "1", cwd=root, env=env) as url:
+            yield {"url": url, "root": root, "out": root / "out"}
+    finally:
+        stop_leftovers(root / "studio_data")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +99,9 @@ def quickstart_run(studio):
     log = open(studio["root"] / "quickstart.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=studio["root"])
     yield proc
-    proc.wait(600)
+    if proc.poll() is None:  # a test failed before waiting for it
+        proc.kill()
+    proc.wait(60)
     log.close()
 
 

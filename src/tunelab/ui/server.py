@@ -182,6 +182,7 @@ def run_studio(
     import uvicorn
 
     from tunelab.infer.serve import bind_socket  # a port in use is told in one line
+
     settings = StudioSettings(Path(output_directory), Path(data_dir), password, max_upload_mb)
     sock = bind_socket(host, port)
     app = create_app(settings)
