@@ -135,18 +135,13 @@ def estimate(cfg: RunConfig) -> dict[str, Any]:
     Raises:
         TunelabError: for data or a backbone that cannot be used.
     """
-    from tunelab.plan import GB, build_plan, choose_batch, longest_batch, trained_tokens_per_row
-    from tunelab.training.setup import build_batches, count_steps, prepare_data
+    from tunelab.plan import GB
+    from tunelab.training.setup import build_batches, count_steps, plan_and_size_batches, prepare_data
 
-    cfg = cfg.model_copy(deep=True)
+    cfg = cfg.model_copy(deep=True)  # batch_size 'auto' is resolved in this copy, as a run would
     with _LOCK:
         source, _, problem, data, report = prepare_data(cfg, check=False)
-        seq_len = longest_batch(data.train.lengths(), cfg)
-        per_row = trained_tokens_per_row(data.train)
-        if cfg.training.batch_size == "auto":
-            batch, accumulation = choose_batch(cfg, problem, source, seq_len, per_row)
-            cfg.training.batch_size, cfg.training.grad_accumulation = batch, accumulation
-        plan = build_plan(cfg, problem, source, seq_len, per_row)
+        plan = plan_and_size_batches(cfg, problem, source, data, report, None)
     _, total_steps = count_steps(cfg, len(build_batches(cfg, data.train, 0)))
     seconds = None
     if plan.step_seconds:
