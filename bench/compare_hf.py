@@ -140,13 +140,31 @@ class EpochClock:
 
 
 def count_positions(loader: Any) -> tuple[int, int, int]:
-    """(computed positions, real tokens, trained tokens) over one pass of a data loader."""
+    """(computed positions, real tokens, trained tokens) over one pass of a data loader (a packed batch with
+    position ids has no padding)."""
     computed = real = trained = 0
     for batch in loader:
         computed += batch["input_ids"].numel()
-        real += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        packed = "position_ids" in batch or "attention_mask" not in batch
+        real += batch["input_ids"].numel() if packed else int(batch["attention_mask"].sum())
         trained += int((batch["labels"][:, 1:] != -100).sum())
     return computed, real, trained
+
+
+def arm_result(seconds: float, loader: Any, val_loss: float, settings: str) -> dict[str, Any]:
+    """What every Trainer-based arm reports."""
+    memory, kind = peak_memory()
+    computed, real, trained = count_positions(loader)
+    return {
+        "seconds": seconds,
+        "computed": computed,
+        "real": real,
+        "trained": trained,
+        "memory_gb": memory,
+        "memory_kind": kind,
+        "val_loss": val_loss,
+        "settings": settings,
+    }
 
 
 # --------------------------------------------------------------------------------------------------------- arms
@@ -187,19 +205,13 @@ def run_hf(train_rows: list[dict[str, str]], val_rows: list[dict[str, str]], out
         callbacks=[callback()],
     )
     trainer.train()
-    memory, kind = peak_memory()
-    computed, real, trained = count_positions(trainer.get_train_dataloader())
-    return {
-        "seconds": clock.seconds,
-        "computed": computed,
-        "real": real,
-        "trained": trained,
-        "memory_gb": memory,
-        "memory_kind": kind,
-        "val_loss": validation_loss(model, tokenizer, val_rows),
-        "settings": f"Trainer(optim={trainer.args.optim}, batch {BATCH}, DataCollatorForSeq2Seq dynamic padding, "
-        f"fp32{', bf16 autocast' if trainer.args.bf16 else ''}), peft LoRA r=16 q/k/v/o",
-    }
+    settings = (
+        f"Trainer(optim={trainer.args.optim}, batch {BATCH}, DataCollatorForSeq2Seq dynamic padding, "
+        f"fp32{', bf16 autocast' if trainer.args.bf16 else ''}), peft LoRA r=16 q/k/v/o"
+    )
+    result = arm_result(clock.seconds, trainer.get_train_dataloader(), 0.0, settings)  # peak RSS before validating
+    result["val_loss"] = validation_loss(model, tokenizer, val_rows)
+    return result
 
 
 def run_trl(train_rows: list[dict[str, str]], val_rows: list[dict[str, str]], out: str) -> dict[str, Any]:
@@ -229,25 +241,13 @@ def run_trl(train_rows: list[dict[str, str]], val_rows: list[dict[str, str]], ou
         callbacks=[callback()],
     )
     trainer.train()
-    memory, kind = peak_memory()
-    loader = trainer.get_train_dataloader()
-    computed = real = trained = 0
-    for batch in loader:
-        computed += batch["input_ids"].numel()
-        real += batch["input_ids"].numel() if "position_ids" in batch else int(batch["attention_mask"].sum())
-        labels = batch["labels"]
-        trained += int((labels[:, 1:] != -100).sum())
-    return {
-        "seconds": clock.seconds,
-        "computed": computed,
-        "real": real,
-        "trained": trained,
-        "memory_gb": memory,
-        "memory_kind": kind,
-        "val_loss": validation_loss(trainer.model, tokenizer, val_rows),
-        "settings": f"SFTTrainer(packing=True, packing_strategy={args.packing_strategy}, "
-        f"padding_free={args.padding_free}, completion_only_loss=True, max_length {MAX_LENGTH}, batch {BATCH})",
-    }
+    settings = (
+        f"SFTTrainer(packing=True, packing_strategy={args.packing_strategy}, padding_free={args.padding_free}, "
+        f"completion_only_loss=True, max_length {MAX_LENGTH}, batch {BATCH})"
+    )
+    result = arm_result(clock.seconds, trainer.get_train_dataloader(), 0.0, settings)  # peak RSS before validating
+    result["val_loss"] = validation_loss(trainer.model, tokenizer, val_rows)
+    return result
 
 
 def cpu_has_bf16() -> bool:

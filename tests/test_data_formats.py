@@ -155,16 +155,17 @@ def test_classification_single_and_multi_label():
 
 @pytest.mark.parametrize("name", ["preference.jsonl", "preference_messages.jsonl", "preference_hh.jsonl"])
 def test_preference_formats_agree(name):
-    # Preference pairs are read by the format layer (the reward and dpo problem types train on them).
-    c = load_config(base={"dataset": {"prompt_column": ["prompt"]}})
+    # Preference pairs are read by the format layer: the reward and dpo problem types train on the pairs, causal LM
+    # fine-tuning on the chosen answers (the SFT step of RLHF).
+    c = load_config(base={"problem_type": "dpo", "dataset": {"prompt_column": ["prompt"]}})
     reader = ExampleReader(c, FORMATS / name)
     exs = [ex for _, ex in reader]
     assert reader.format == "preference"
-    assert exs[0] == {
-        "prompt": [{"role": "user", "content": "What is the capital of France?"}],
-        "chosen": "Paris is the capital of France.",
-        "rejected": "I don't know.",
-    }
+    question = {"role": "user", "content": "What is the capital of France?"}
+    assert exs[0] == {"prompt": [question], "chosen": "Paris is the capital of France.", "rejected": "I don't know."}
+    sft = ExampleReader(load_config(base={"dataset": {"prompt_column": ["prompt"]}}), FORMATS / name)
+    first = next(iter(sft))[1]
+    assert first == {"messages": [question, {"role": "assistant", "content": "Paris is the capital of France."}]}
 
 
 def test_hh_shared_prefix_split_on_synthetic_dialogue():
@@ -182,7 +183,7 @@ def test_hh_shared_prefix_split_on_synthetic_dialogue():
 
 def test_hh_rlhf_real_rows_split_at_the_last_assistant_turn():
     path = shared_file("hh_rlhf_harmless_test.jsonl.gz")
-    c = load_config(base={"dataset": {"prompt_column": ["prompt"]}})
+    c = load_config(base={"problem_type": "reward", "dataset": {"prompt_column": ["prompt"]}})
     reader = ExampleReader(c, path)
     checked = 0
     with gzip.open(path, "rt", encoding="utf-8") as fh:

@@ -131,21 +131,27 @@ def test_config_rules_for_pairs(tiny_bert, tiny_llama, tmp_path, pairs_jsonl):
 
 
 # ---------------------------------------------------------------------------------------------- runs
-def test_reward_model_learns_the_preference(tiny_bert, tmp_path, pairs_jsonl, monkeypatch):
-    from tunelab.api import predict_file
+@pytest.fixture(scope="module")
+def reward_run(tiny_bert, pairs_jsonl, tmp_path_factory):
+    """A reward model trained on the pairs (tiny BERT, full fine-tune of the head and LoRA)."""
     from tunelab.training.loop import train
 
-    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path_factory.mktemp("reward")
     cfg = pair_config(
         tiny_bert,
         pairs_jsonl,
-        tmp_path / "out",
+        out,
         "reward",
         training={"epochs": 4, "learning_rate": 5e-3},
         dataset={"answer_column": "answer"},  # what `tunelab predict` scores in prompt + answer rows
     )
-    result = train(cfg)
-    before, after = result.metrics["before"], result.metrics["after"]
+    return train(cfg)
+
+
+def test_reward_model_learns_the_preference(reward_run, tmp_path):
+    from tunelab.api import predict_file
+
+    before, after = reward_run.metrics["before"], reward_run.metrics["after"]
     assert after["pairwise_accuracy"] == 1.0 and after["mean_margin"] > before["mean_margin"] + 0.1
     assert after["loss"] < before["loss"]
     # Score a file: a prompt + answer row gets one reward; a preference row gets both and the preferred one.
@@ -158,10 +164,36 @@ def test_reward_model_learns_the_preference(tiny_bert, tmp_path, pairs_jsonl, mo
         encoding="utf-8",
     )
     out = tmp_path / "scores.jsonl"
-    assert predict_file(result.run_dir, rows, out) == 2
+    assert predict_file(reward_run.run_dir, rows, out) == 2
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert isinstance(scored[0]["reward"], float)
     assert scored[1]["preferred"] == "rejected" and scored[1]["rejected_reward"] > scored[1]["chosen_reward"]
+
+
+def test_reward_run_serves_scores(reward_run):
+    import httpx
+    from test_serve import running
+
+    from tunelab.infer.model import load_run
+    from tunelab.infer.serve import build_server
+
+    server, sock = build_server(reward_run.run_dir, port=0, device="cpu", log_level="warning")
+    reference = load_run(reward_run.run_dir, device="cpu")
+    prompt = [{"role": "user", "content": "what is 3 and 4?"}]
+    expected = reference.problem.score(reference.model, [prompt, prompt], ["3 and 4 is 7", "no"])
+    with running(server, sock) as url:
+        body = {"prompt": "what is 3 and 4?", "responses": ["3 and 4 is 7", "no"]}
+        reply = httpx.post(f"{url}/v1/score", json=body, timeout=30).json()
+        scores = [item["score"] for item in reply["data"]]
+        assert scores == pytest.approx(list(expected), abs=1e-5) and scores[0] > scores[1]
+        messages = {"prompt": prompt, "responses": "no"}
+        assert httpx.post(f"{url}/v1/score", json=messages, timeout=30).json()["data"][0]["score"] == pytest.approx(
+            scores[1], abs=1e-5
+        )
+        wrong = httpx.post(f"{url}/v1/chat/completions", json={"messages": prompt}, timeout=30)
+        assert wrong.status_code == 400 and "/v1/score" in wrong.json()["error"]["message"]
+        empty = httpx.post(f"{url}/v1/score", json={"prompt": "x", "responses": []}, timeout=30)
+        assert empty.status_code == 400
 
 
 def test_reward_model_on_a_decoder_with_lora(tiny_llama, tmp_path, pairs_jsonl, monkeypatch):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import RunConfig, apply_overrides, load_config
+from tunelab.config import CAUSAL_LM_PROBLEMS, RunConfig, apply_overrides, load_config
 from tunelab.errors import DataError, TunelabError
 from tunelab.io import write_json_atomic
 from tunelab.rundir import write_rows
@@ -102,7 +102,7 @@ def predict_file(
     loaded = load_run(run_dir)
     records, examples = read_prompts(str(input_file), loaded.cfg)
     outputs: list[dict[str, Any]] = []
-    chunk = PREDICT_CHUNK if loaded.cfg.problem_type == "causal_lm" else 16 * PREDICT_CHUNK
+    chunk = PREDICT_CHUNK if loaded.cfg.problem_type in CAUSAL_LM_PROBLEMS else 16 * PREDICT_CHUNK
     for start in range(0, len(examples), chunk):
         # Whole chunks, each batched and sorted by length inside: bounded memory and a progress bar that moves.
         outputs.extend(loaded.problem.predict(loaded.model, examples[start : start + chunk]))
@@ -208,7 +208,7 @@ class Runner:
         """Answer a prompt (or a list) with the fine-tuned model — or the base model before ``train()``."""
         loaded = self._model()
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if loaded.cfg.problem_type != "causal_lm":
+        if loaded.cfg.problem_type not in CAUSAL_LM_PROBLEMS:
             examples = [{"text": p} for p in prompts]
         else:
             examples = [{"messages": [{"role": "user", "content": p}]} for p in prompts]

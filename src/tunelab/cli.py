@@ -562,18 +562,12 @@ def plan(
     import json as _json
 
     from tunelab.config import load_config
-    from tunelab.plan import GB, build_plan, longest_batch, measure_steps, trained_tokens_per_row
-    from tunelab.training.setup import prepare_data
+    from tunelab.plan import GB, measure_steps
+    from tunelab.training.setup import plan_and_size_batches, prepare_data
 
     cfg = load_config(config, overrides)
-    source, _, problem, data, _ = prepare_data(cfg, check=False)
-    seq_len = longest_batch(data.train.lengths(), cfg)
-    per_row = trained_tokens_per_row(data.train)
-    if cfg.training.batch_size == "auto":
-        from tunelab.plan import choose_batch
-
-        cfg.training.batch_size, cfg.training.grad_accumulation = choose_batch(cfg, problem, source, seq_len, per_row)
-    result = build_plan(cfg, problem, source, seq_len, per_row)
+    source, _, problem, data, report = prepare_data(cfg, check=False)
+    result = plan_and_size_batches(cfg, problem, source, data, report, None)
     out: dict[str, Any] = {"plan": result.to_dict()}
     if probe:
         out["measured"] = measure_steps(cfg)
@@ -591,7 +585,18 @@ def plan(
         ("trainable", f"{result.trainable:,}"),
         ("batch x tokens", f"{result.batch_size} x {result.seq_len}"),
     ]
-    for key in ("weights", "gradients", "optimizer", "activations", "logits", "reference", "overhead", "total"):
+    keys = (
+        "weights",
+        "gradients",
+        "optimizer",
+        "activations",
+        "logits",
+        "reference",
+        "generation",
+        "overhead",
+        "total",
+    )
+    for key in keys:
         rows.append((f"{key} (GB)", f"{getattr(result, key) / GB:.3f}"))
     rows += [
         ("budget (GB)", f"{result.budget / GB:.1f}"),

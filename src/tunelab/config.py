@@ -528,8 +528,8 @@ class EnvironmentConfig(Section):
     number_of_workers: int = Field(0, ge=0, le=64, description="Data-loader worker processes.")
     release_cpu_memory: bool = Field(
         True,
-        description="On CPU (Linux), give memory freed during each layer back to the system: about 35% lower peak "
-        "memory for about 2% more time.",
+        description="On CPU (Linux), give memory freed during the forward and backward passes back to the system "
+        "every few layers: up to ~35% lower peak memory for a few percent more time.",
     )
     memory_budget: float = Field(
         0.9, gt=0, le=1, description="Share of the device memory (GPU, else RAM) the planner may fill."
@@ -699,8 +699,6 @@ class RunConfig(BaseModel):
             )
         if (self.training.use_dora or self.training.use_rslora) and self.training.adapter != "lora":
             found.append(("training.use_dora", "use_dora and use_rslora are LoRA options (training.adapter: lora)"))
-        if self.problem_type == "causal_lm" and self.dataset.format == "preference":
-            found.append(("dataset.format", "preference pairs train a reward or dpo problem, not causal_lm"))
         if self.problem_type == "causal_lm" and not self.dataset.answer_column:
             found.append(("dataset.answer_column", "required for causal_lm"))
         return found + self._pairwise_problems() + self._rl_problems()

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from tunelab.config import RunConfig
+from tunelab.config import CAUSAL_LM_PROBLEMS, RunConfig
 from tunelab.io import user_cache_dir, write_json_atomic
 
 GB = 1024**3
@@ -50,6 +50,7 @@ class Plan:
     budget: int
     step_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
+    generation: int = 0  # online RL: the KV cache and logits of sampling completions
 
     @property
     def total(self) -> int:
@@ -60,6 +61,7 @@ class Plan:
             + self.activations
             + self.logits
             + self.reference
+            + self.generation
             + self.overhead
         )
 
@@ -76,7 +78,10 @@ class Plan:
         return (
             f"plan: peak {self.total / GB:.2f} GB ({fits} in {self.budget / GB:.1f} GB): weights "
             f"{self.weights / GB:.2f}, gradients {self.gradients / GB:.2f}, optimizer {self.optimizer / GB:.2f}, "
-            f"activations {self.activations / GB:.2f}, logits {self.logits / GB:.2f} GB; batch {self.batch_size} x "
+            f"activations {self.activations / GB:.2f}, logits {self.logits / GB:.2f}"
+            + (f", reference {self.reference / GB:.2f}" if self.reference else "")
+            + (f", generation {self.generation / GB:.2f}" if self.generation else "")
+            + f" GB; batch {self.batch_size} x "
             f"{self.seq_len} tokens{time_part}"
         )
 
@@ -304,16 +309,21 @@ def build_plan(
         per_sequence = measured.fixed_checkpointed + layers * measured.per_layer_checkpointed + measured.per_layer
     else:
         per_sequence = measured.fixed + layers * measured.per_layer
-    activations = batch * per_sequence
+    sequences = batch * sequences_per_row(cfg)
+    activations = sequences * per_sequence
     vocab = getattr(config, "vocab_size", 0)
     per_row = trained_per_row if trained_per_row is not None else seq_len / 2
-    head_rows = batch * min(per_row, seq_len) if cfg.problem_type == "causal_lm" else batch
-    out_dim = vocab if cfg.problem_type == "causal_lm" else getattr(config, "num_labels", 2)
+    lm = cfg.problem_type in CAUSAL_LM_PROBLEMS
+    head_rows = sequences * min(per_row, seq_len) if lm else sequences
+    if lm and cfg.training.chunked_loss:
+        head_rows = min(head_rows, CHUNK_ROWS)  # the LM head and loss run a chunk of positions at a time
+    out_dim = vocab if lm else getattr(config, "num_labels", 2)
     logits = int(head_rows * out_dim * 4 * 2)  # float32 logits and their log-softmax (the gradient reuses one)
+    reference, generation, notes = reference_and_generation(cfg, model, params, batch, seq_len)
     gradients = trainable * 4
     flops_per_token = _flops_per_token(params, trainable, config, seq_len, cfg)
     name, flops = device_flops()
-    step_seconds = flops_per_token * batch * seq_len / (flops * 0.4)  # a real step reaches ~40% of the matmul peak
+    step_seconds = flops_per_token * sequences * seq_len / (flops * 0.4)  # a real step reaches ~40% of the matmul peak
     overhead = CUDA_OVERHEAD_BYTES if torch.cuda.is_available() else CPU_OVERHEAD_BYTES
     return Plan(
         params,
@@ -325,13 +335,79 @@ def build_plan(
         optimizer_bytes(trainable, cfg.training.optimizer),
         int(activations),
         logits,
-        0,
+        reference,
         overhead,
         flops_per_token,
         name,
         memory_budget(cfg.environment.memory_budget),
         step_seconds,
+        notes,
+        generation,
     )
+
+
+CHUNK_ROWS = 512  # training.fused_loss.DEFAULT_CHUNK
+
+
+def sequences_per_row(cfg: RunConfig) -> int:
+    """Sequences the model reads per data row: a chosen and a rejected one for pairs, the completions for RL."""
+    if cfg.problem_type in ("reward", "dpo"):
+        return 2
+    if cfg.problem_type == "rl":
+        return cfg.rl.num_generations
+    return 1
+
+
+def reference_and_generation(
+    cfg: RunConfig, model: Any, params: int, batch: int, seq_len: int
+) -> tuple[int, int, list[str]]:
+    """Memory of the reference model (preference tuning, RL) and of sampling completions (RL), with notes.
+
+    A peft-adapted policy is its own reference (adapter switched off): nothing extra. Full fine-tuning and the
+    selective methods load a frozen copy of the backbone, unless dpo precomputes the reference log-probabilities
+    (then the copy is freed before training starts). RL adds the KV cache of its sampled completions, the logits of
+    one sampling step and, with ``rl.reward_model``, the reward run's weights.
+    """
+    from tunelab.models.adapters import is_peft_model
+
+    notes: list[str] = []
+    reference = generation = 0
+    t = cfg.training
+    uses_reference = (cfg.problem_type == "dpo" and t.preference_loss not in ("simpo", "orpo")) or (
+        cfg.problem_type == "rl" and cfg.rl.kl_coef > 0
+    )
+    if uses_reference:
+        if is_peft_model(model):
+            notes.append("reference model: the backbone with the adapter switched off (no second copy)")
+        elif cfg.problem_type == "dpo" and t.precompute_reference:
+            notes.append("reference log-probabilities precomputed before training (the frozen copy is freed)")
+        else:
+            reference = int(params * dtype_bytes(cfg.architecture.backbone_dtype))
+            notes.append("reference model: a frozen copy of the backbone (full or selective fine-tuning)")
+    if cfg.problem_type == "rl":
+        from tunelab.infer.generate import kv_bytes_per_token
+
+        rows = batch * cfg.rl.num_generations
+        width = 4 if cfg.architecture.backbone_dtype == "float32" else 2
+        per_token = kv_bytes_per_token(model) * width // 4 if _is_meta(model) else kv_bytes_per_token(model)
+        generation = rows * (seq_len + cfg.rl.max_new_tokens) * per_token
+        generation += rows * getattr(model.config, "vocab_size", 0) * 4 * 2  # one step's logits and probabilities
+        if cfg.rl.reward_model:
+            generation += _run_weight_bytes(cfg.rl.reward_model)
+    return int(reference), int(generation), notes
+
+
+def _is_meta(model: Any) -> bool:
+    return next(model.parameters()).device.type == "meta"
+
+
+def _run_weight_bytes(run_dir: str) -> int:
+    """Weights of a finished run's model (float32), from its recorded parameter count."""
+    try:
+        info = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
+        return int(info.get("total_parameters", 0)) * 4
+    except (OSError, ValueError):
+        return 0
 
 
 def _flops_per_token(params: int, trainable: int, config: Any, seq_len: int, cfg: RunConfig) -> float:
@@ -440,6 +516,22 @@ def longest_batch(lengths: Any, cfg: RunConfig) -> int:
     if cfg.training.packing:
         return cfg.tokenizer.max_length
     return int(min(max(lengths) if len(lengths) else cfg.tokenizer.max_length, cfg.tokenizer.max_length))
+
+
+def micro_batch_shape(cfg: RunConfig, problem: Any, lengths: Any) -> tuple[int, int]:
+    """(rows, tokens per row) of the largest training micro-batch, as the model will see it.
+
+    A padding-free batch is one row holding all its examples: its size is the largest sum of lengths over the
+    epoch's batches, not the batch size times the longest example.
+    """
+    from tunelab.data.collate import TrainBatches
+
+    batch = cfg.training.batch_size if isinstance(cfg.training.batch_size, int) else None
+    padding_free = getattr(problem, "padding_free", lambda: False)() and not cfg.training.packing
+    if batch is None or not padding_free or not len(lengths):
+        return batch or 1, longest_batch(lengths, cfg)
+    plan = TrainBatches(lengths, batch, 0, cfg.training.drop_last_batch)
+    return 1, int(max(sum(int(lengths[i]) for i in b) for b in plan.epoch_batches(0)))
 
 
 def save_plan(plan: Plan, path: Path) -> None:

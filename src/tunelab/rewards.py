@@ -25,12 +25,16 @@ def length_reward(
     prompts: Sequence[str],
     completions: Sequence[str],
     max_words: int = 20,
+    min_words: int = 1,
     finished: Sequence[bool] | None = None,
     **_: Any,
 ) -> list[float]:
-    """1 for a non-empty answer of at most ``max_words`` words that ended by itself (EOS), else 0."""
+    """1 for an answer of ``min_words`` to ``max_words`` words that ended by itself (EOS), else 0.
+
+    ``min_words`` above 1 keeps the policy from collapsing into one-token "answers".
+    """
     done = _finished(finished, len(completions))
-    return [float(0 < len(text.split()) <= max_words and ok) for text, ok in zip(completions, done)]
+    return [float(min_words <= len(text.split()) <= max_words and ok) for text, ok in zip(completions, done)]
 
 
 def format_reward(

@@ -110,9 +110,13 @@ class RunRegistry:
         metrics: dict[str, Any] | None = None,
         error: str | None = None,
         ended: bool = False,
+        pid: int | None = None,
     ) -> None:
-        """Change a run's status, final metrics or error."""
+        """Change a run's status, final metrics, error or process id (a resumed run runs in a new process)."""
         sets, params = [], []
+        if pid is not None:
+            sets.append("pid = ?")
+            params.append(pid)
         if status is not None:
             assert status in STATUSES
             sets.append("status = ?")

@@ -357,7 +357,11 @@ class ExampleReader:
             return prompt_only_example(record, self.cfg)
         if self.format == "h2o_multiturn":
             return self._chained(record)
-        return BUILDERS[self.format](record, self.cfg)
+        example = BUILDERS[self.format](record, self.cfg)
+        if self.format == "preference" and self.cfg.problem_type == "causal_lm":
+            # Supervised fine-tuning on preference data trains on the chosen answers (the first step of RLHF).
+            return {"messages": [*example["prompt"], {"role": "assistant", "content": example["chosen"]}]}
+        return example
 
     def _chained(self, record: Record) -> dict[str, Any]:
         """H2O multi-turn: each row's conversation is its chain of parents (by id / parent_id), then its own turn."""

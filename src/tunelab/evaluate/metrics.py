@@ -129,9 +129,7 @@ def load_metric_function(spec: str, field: str = "prediction.metric") -> Callabl
         ) from exc
     function = getattr(module, name, None)
     if not callable(function):
-        raise ConfigError(
-            f"'{target}' has no function '{name}'", field=field, hint="check the name after the ':'"
-        )
+        raise ConfigError(f"'{target}' has no function '{name}'", field=field, hint="check the name after the ':'")
     return function
 
 

@@ -85,7 +85,9 @@ def chat_repl(run_dir: str | Path, console: Any, read: Any = input) -> None:
     from tunelab.infer.model import load_run
 
     loaded = load_run(run_dir)
-    if loaded.cfg.problem_type != "causal_lm":
+    from tunelab.config import CAUSAL_LM_PROBLEMS
+
+    if loaded.cfg.problem_type not in CAUSAL_LM_PROBLEMS:
         raise TunelabError(
             "chat needs a causal-LM run", file=str(run_dir), hint="use 'tunelab predict' for a classification run"
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from tunelab.config import CAUSAL_LM_PROBLEMS
 from tunelab.errors import TunelabError
 from tunelab.io import write_json_atomic, write_text_atomic
 from tunelab.models.adapters import PEFT_METHODS, is_peft_model, is_prompt_learning
@@ -41,7 +42,7 @@ def parity_examples(loaded: Any) -> list[dict[str, Any]]:
         path = loaded.run.path / "validation_predictions.csv"
         with open(path, encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
-        key = "messages" if loaded.cfg.problem_type == "causal_lm" else "text"
+        key = "messages" if loaded.cfg.problem_type in CAUSAL_LM_PROBLEMS else "text"
         examples = [
             {key: r["prompt"]} if key == "text" else {key: [{"role": "user", "content": r["prompt"]}]} for r in rows
         ]
@@ -52,7 +53,7 @@ def parity_examples(loaded: Any) -> list[dict[str, Any]]:
 def model_outputs(model: Any, loaded: Any, examples: list[dict[str, Any]]) -> dict[str, Any]:
     """What parity compares: greedy answers and prompt logits (causal LM), or class probabilities."""
     problem = loaded.problem
-    if loaded.cfg.problem_type != "causal_lm":
+    if loaded.cfg.problem_type not in CAUSAL_LM_PROBLEMS:
         return {"predictions": problem.predict(model, examples)}
     from tunelab.infer.generate import generate_batched
 
@@ -74,17 +75,16 @@ def model_outputs(model: Any, loaded: Any, examples: list[dict[str, Any]]) -> di
 def compare_outputs(reference: dict[str, Any], exported: dict[str, Any], tolerance: float) -> dict[str, Any]:
     """Parity of two models' outputs: greedy answers must match, or logits agree within ``tolerance``."""
     if "predictions" in reference:
-        labels = [r["prediction"] for r in reference["predictions"]] == [
-            e["prediction"] for e in exported["predictions"]
-        ]
-        diff = max(
-            abs(r[k] - e[k])
-            for r, e in zip(reference["predictions"], exported["predictions"])
-            for k in r
-            if k.startswith("prob_")
+        # Labels (classes, the preferred answer) must match; numbers (probabilities, rewards, values) agree.
+        pairs = list(zip(reference["predictions"], exported["predictions"]))
+        labels = all(
+            {k: v for k, v in r.items() if not isinstance(v, float)}
+            == {k: v for k, v in e.items() if not isinstance(v, float)}
+            for r, e in pairs
         )
+        diff = max((abs(r[k] - e[k]) for r, e in pairs for k in r if isinstance(r[k], float)), default=0.0)
         return {
-            "prompts": len(reference["predictions"]),
+            "prompts": len(pairs),
             "labels_match": labels,
             "max_abs_prob_diff": diff,
             "passed": labels and diff <= tolerance,
@@ -142,7 +142,7 @@ def export_run(
             f"a {loaded.cfg.training.adapter} run adds soft tokens and cannot be merged into weights",
             hint="export it with --format adapter",
         )
-    if fmt == "gguf" and loaded.cfg.problem_type != "causal_lm":
+    if fmt == "gguf" and loaded.cfg.problem_type not in CAUSAL_LM_PROBLEMS:
         raise ExportError("GGUF export is for causal language models", hint="use --format merged")
     loaded.model.float()
     examples = parity_examples(loaded)

@@ -195,6 +195,22 @@ class ClassifyBody(RequestBody):
     input: str | list[str]
 
 
+class ScoreBody(RequestBody):
+    """A reward model's request: one prompt (text or messages) and the responses to score against it."""
+
+    prompt: str | list[ChatMessage]
+    responses: str | list[str]
+
+    def examples(self) -> list[dict[str, Any]]:
+        turns = (
+            [{"role": "user", "content": self.prompt}]
+            if isinstance(self.prompt, str)
+            else [m.as_turn() for m in self.prompt]
+        )
+        responses = [self.responses] if isinstance(self.responses, str) else self.responses
+        return [{"prompt": turns, "answer": response} for response in responses]
+
+
 # ------------------------------------------------------------------ jobs
 class Job:
     """A request queued for the worker; its events go back to the request's event loop through a queue."""
@@ -264,12 +280,12 @@ class GenerationJob(Job):
 
 
 class ClassifyJob(Job):
-    """A classification request: its texts join the other requests' texts in one ``predict`` call."""
+    """A classification or scoring request: its examples join the other requests' in one ``predict`` call."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, texts: list[str]):
+    def __init__(self, loop: asyncio.AbstractEventLoop, examples: list[dict[str, Any]]):
         super().__init__(loop)
-        self.texts = texts
-        self.size = len(texts)
+        self.examples = examples
+        self.size = len(examples)
 
 
 def held_back(text: str, stops: list[str]) -> int:
@@ -355,9 +371,10 @@ class ServedRun:
         self.loaded = loaded
         self.name = model_name or loaded.cfg.experiment_name
         self.kind = loaded.cfg.problem_type
-        if self.kind not in ("causal_lm", "classification", "regression"):
+        self.kind = "causal_lm" if self.kind in ("dpo", "rl") else self.kind  # preference/RL-tuned: still a chat LM
+        if self.kind not in ("causal_lm", "classification", "regression", "reward"):
             raise TunelabError(
-                f"serve answers causal_lm, classification and regression runs, not {self.kind}",
+                f"serve answers causal_lm, dpo, rl, classification, regression and reward runs, not {self.kind}",
                 field="problem_type",
                 hint="use 'tunelab predict' for this run",
             )
@@ -384,7 +401,9 @@ class ServedRun:
 
     def require(self, kinds: tuple[str, ...], endpoint: str) -> None:
         if self.kind not in kinds:
-            other = "/v1/chat/completions or /v1/completions" if self.kind == "causal_lm" else "/v1/classify"
+            other = {"causal_lm": "/v1/chat/completions or /v1/completions", "reward": "/v1/score"}.get(
+                self.kind, "/v1/classify"
+            )
             wanted = " or ".join(kinds)
             message = f"{endpoint} needs a {wanted} run, but '{self.name}' is a {self.kind} run: use {other}"
             raise APIError(400, message, code="wrong_endpoint")
@@ -562,15 +581,15 @@ class BatchWorker:
 
     @torch.inference_mode()
     def classify(self, jobs: list[ClassifyJob]) -> None:
-        texts = [text for job in jobs for text in job.texts]
-        log.info("batch of %d requests (%d inputs, classify)", len(jobs), len(texts))
+        examples = [example for job in jobs for example in job.examples]
+        log.info("batch of %d requests (%d inputs, %s)", len(jobs), len(examples), self.served.kind)
         problem, model = self.served.loaded.problem, self.served.loaded.model
         with self.served.tokenizer_lock:
-            predictions = problem.predict(model, [{"text": text} for text in texts])
+            predictions = problem.predict(model, examples)
         start = 0
         for job in jobs:
-            job.emit("done", predictions[start : start + len(job.texts)])
-            start += len(job.texts)
+            job.emit("done", predictions[start : start + job.size])
+            start += job.size
 
 
 # ------------------------------------------------------------------ routes
@@ -715,7 +734,7 @@ def create_app(
         if not texts:
             raise APIError(400, "the input list is empty", param="input")
         tokens = await run_in_threadpool(served.count_inputs, texts)
-        job = ClassifyJob(asyncio.get_running_loop(), texts)
+        job = ClassifyJob(asyncio.get_running_loop(), [{"text": text} for text in texts])
         worker.submit(job)
         predictions = (await job.result())[1]
         problem = served.loaded.problem
@@ -731,6 +750,19 @@ def create_app(
             data.append(item)
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return {"object": "list", "model": served.name, "data": data, "usage": usage}
+
+    @router.post("/score")
+    async def score(body: ScoreBody) -> dict[str, Any]:
+        served.require(("reward",), "/v1/score")
+        served.check_model(body.model)
+        examples = body.examples()
+        if not examples:
+            raise APIError(400, "the responses list is empty", param="responses")
+        job = ClassifyJob(asyncio.get_running_loop(), examples)
+        worker.submit(job)
+        predictions = (await job.result())[1]
+        data = [{"index": i, "score": p["reward"]} for i, p in enumerate(predictions)]
+        return {"object": "list", "model": served.name, "data": data}
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -99,6 +99,8 @@ def resolve_backbone(name: str) -> str:
             raise ModelError("GGUF file not found", file=str(path), field="llm_backbone")
         return str(convert_gguf(path))
     if path.is_dir():
+        if (path / "config.yaml").is_file() and (path / "run.json").is_file():
+            return str(merged_run_backbone(path))
         if not (path / "config.json").is_file():
             raise ModelError(
                 "folder has no config.json, so it is not a transformers model",
@@ -118,6 +120,55 @@ def resolve_backbone(name: str) -> str:
         field="llm_backbone",
         hint=f"use a built-in model ({builtins}), a local folder, a .gguf file or a hub id 'org/name'",
     )
+
+
+def merged_run_backbone(run_dir: Path) -> Path:
+    """A finished causal-LM run as a plain model folder, so a later run can start from it (SFT -> DPO / RL).
+
+    A full fine-tune is its own ``model/`` folder; an adapter or selective run is merged into its base weights once
+    (in float32) and cached, keyed by the run's trained files. The run's tokenizer (with its chat template) comes
+    along.
+
+    Raises:
+        ModelError: for a run that is not finished, not a causal LM, or adds soft tokens (no weights to merge into).
+    """
+    from tunelab.config import CAUSAL_LM_PROBLEMS
+    from tunelab.infer.model import load_run
+    from tunelab.models.adapters import is_peft_model, is_prompt_learning
+    from tunelab.rundir import RunDirectory
+
+    run = RunDirectory.open(run_dir)
+    cfg = run.config()
+    where = {"file": str(run_dir), "field": "llm_backbone"}
+    if cfg.problem_type not in CAUSAL_LM_PROBLEMS:
+        raise ModelError(f"a {cfg.problem_type} run cannot be the backbone of a new run (a causal LM run can)", **where)
+    model_dir = run.model_dir
+    assert model_dir is not None
+    if cfg.training.adapter == "none":
+        return model_dir
+    files = sorted(q for q in model_dir.rglob("*") if q.is_file())
+    stamp = "|".join(f"{q.name}:{q.stat().st_size}:{q.stat().st_mtime_ns}" for q in files)
+    digest = hashlib.sha256(f"{run_dir.resolve()}|{stamp}".encode()).hexdigest()[:16]
+    target = user_cache_dir() / "models" / f"run-{run_dir.name}-{digest}"
+    if (target / "config.json").is_file():
+        return target
+    loaded = load_run(run_dir, device="cpu", full_precision=True)
+    if is_prompt_learning(loaded.model):
+        raise ModelError(f"a {cfg.training.adapter} run adds soft tokens and cannot be merged into weights", **where)
+    log.info("merging %s into its base weights once; cached in %s", run_dir, target)
+    merged = loaded.model.merge_and_unload() if is_peft_model(loaded.model) else loaded.model
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        merged.float().save_pretrained(work)
+        loaded.tokenizer.save_pretrained(work)
+        try:
+            os.rename(work, target)
+        except OSError:
+            pass  # another process merged the same run first
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
 
 
 def convert_gguf(path: Path, cache_name: str | None = None) -> Path:

@@ -118,11 +118,6 @@ class CausalLMProblem:
                     empty=False,
                 )
             return
-        if "messages" not in example:
-            raise record.error(
-                "preference pairs train a reward or dpo problem, not causal_lm",
-                hint="set problem_type, or use prompt/answer data",
-            )
         rendered = self.renderer.render(example["messages"])
         builder.add(
             rendered.input_ids,
@@ -212,7 +207,7 @@ class CausalLMProblem:
         """Token ids of each example's prompt (every turn before the last assistant answer)."""
         out = []
         for ex in examples:
-            messages = ex["messages"]
+            messages = ex["messages"] if "messages" in ex else ex["prompt"]  # a preference pair's prompt
             if messages and messages[-1]["role"] == "assistant":
                 messages = messages[:-1]
             out.append(self.renderer.prompt_ids(messages))

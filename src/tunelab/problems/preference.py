@@ -84,17 +84,11 @@ class PreferenceProblem(ReferenceModel, CausalLMProblem):
 
     def __init__(self, cfg: Any, tokenizer: Any):
         super().__init__(cfg, tokenizer)
-        self._frozen: Any = None  # the frozen reference copy (full fine-tuning / selective methods)
         self._precomputed: dict[int, torch.Tensor] = {}  # id(split) -> [rows, 2] reference log-probabilities
 
     # ------------------------------------------------------------------ data
     def encode(self, example: dict[str, Any], builder: SplitBuilder, row: int, record: Record) -> None:
-        if "chosen" not in example:
-            raise record.error(
-                "dpo trains on preference pairs (prompt, chosen, rejected)",
-                field=self.cfg.dataset.chosen_column,
-                hint="set dataset.chosen_column and dataset.rejected_column, or use problem_type causal_lm",
-            )
+        # Data without pairs was refused when the format was detected (ExampleReader).
         prompt = example["prompt"]
         chosen = render_answer_only(self.renderer, prompt, example["chosen"])
         rejected = render_answer_only(self.renderer, prompt, example["rejected"])

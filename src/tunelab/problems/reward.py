@@ -72,12 +72,7 @@ class RewardProblem:
         return Rendered(ids, [IGNORE_INDEX] * len(ids), len(kept_prompt), len(answer_ids), truncated, True)
 
     def encode(self, example: dict[str, Any], builder: SplitBuilder, row: int, record: Record) -> None:
-        if "chosen" not in example:
-            raise record.error(
-                "a reward model trains on preference pairs (prompt, chosen, rejected)",
-                field=self.cfg.dataset.chosen_column,
-                hint="set dataset.chosen_column and dataset.rejected_column, or use problem_type regression",
-            )
+        # Data without pairs was refused when the format was detected (ExampleReader).
         prompt = example["prompt"]
         add_pair(
             builder, row, self.sequence(prompt, example["chosen"]), self.sequence(prompt, example["rejected"]), example

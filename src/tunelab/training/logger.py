@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -154,14 +155,21 @@ class MetricLogger:
             },
             state.step,
         )
+        lines = []
         if "loss" in record:
             self.last = record
-            self.console.print(
+            lines.append(
                 f"step {state.step} · epoch {record['epoch']:.2f} · loss {record['loss']:.4f} · "
                 f"lr {record['learning_rate']:.2e} · {record['tokens_per_s']:.0f} tok/s"
             )
         if eval_metrics:
-            self.console.print("eval: " + ", ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items()))
+            lines.append(f"step {state.step} eval: " + ", ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items()))
+        for line in lines:
+            self.console.print(line)
+        # The run's own log (logs/train.log): what the console showed, for whoever reads the run directory later.
+        self.run.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.run.logs / "train.log", "a", encoding="utf-8") as fh:
+            fh.write("".join(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n" for line in lines))
 
     def close(self) -> None:
         if self.trackers is not None:

@@ -175,6 +175,7 @@ def train(
             registry.update(run_id, status=status, error=str(exc), ended=True)
         raise
     if main:
+        info.pop("error", None)  # a resumed run's earlier stop is history, not this run's state
         info.update(
             status="finished",
             finished=time.time(),
@@ -222,7 +223,7 @@ def _start_info(s: TrainSetup, run: RunDirectory, resumed: bool) -> dict[str, An
 
 def _register(registry: RunRegistry, run: RunDirectory, cfg: RunConfig, info: dict[str, Any]) -> str:
     if info.get("run_id"):
-        registry.update(info["run_id"], status="running")
+        registry.update(info["run_id"], status="running", pid=os.getpid(), error="")
         return info["run_id"]
     run_id = registry.add(
         cfg.experiment_name, run.path, cfg.problem_type, cfg.llm_backbone, config_hash(cfg.to_dict()), pid=os.getpid()

@@ -2,8 +2,8 @@
 
 glibc's malloc keeps memory freed by PyTorch in its heaps instead of returning it to the system: during a training
 step the activations freed layer by layer pile up, and the process's peak RSS ends up near twice the memory actually
-in use (measured: 7.3 GB peak for 4.2 GB live on SmolLM2, LoRA, batch 8). Calling ``malloc_trim(0)`` after each
-transformer layer's forward pass, and again as the backward pass reaches each layer, returns those pages: the peak
+in use (measured: 7.3 GB peak for 4.2 GB live on SmolLM2, LoRA, batch 8). Calling ``malloc_trim(0)`` after every
+few transformer layers' forward pass, and again as the backward pass reaches them, returns those pages: the peak
 falls to about the memory in use (4.6 GB) for a few percent more time. It is a no-op off Linux/glibc and on GPUs.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 from typing import Any
 
 import torch
@@ -36,8 +37,12 @@ def release_freed_memory() -> None:
         lib.malloc_trim(0)
 
 
+TRIMS_PER_PASS = 4
+
+
 def install_memory_release(model: Any, device: torch.device | str) -> int:
-    """Trim the heap after every transformer layer's forward pass on CPU; returns how many hooks were added."""
+    """Trim the heap after every few transformer layers' forward pass (and as the backward pass reaches them) on
+    CPU; returns how many hooks were added."""
     if torch.device(device).type != "cpu" or not _libc():
         return 0
     from tunelab.errors import ConfigError
@@ -47,9 +52,14 @@ def install_memory_release(model: Any, device: torch.device | str) -> int:
         layers = transformer_layers(unwrap(model))
     except ConfigError:
         return 0
-    for layer in layers:
+    # A trim walks the whole heap: a few per pass return nearly all the memory that one per layer does, at a
+    # fraction of the cost (SmolLM2, 30 layers, bf16 LoRA step: every layer +37% step time, every 8th +3%, the same
+    # peak RSS).
+    stride = max(1, math.ceil(len(layers) / TRIMS_PER_PASS))
+    hooked = [layer for i, layer in enumerate(layers) if (i + 1) % stride == 0 or i == len(layers) - 1]
+    for layer in hooked:
         layer.register_forward_hook(_release_after_forward)
-    return len(layers)
+    return len(hooked)
 
 
 def _release_after_forward(module: Any, inputs: Any, output: Any) -> None:

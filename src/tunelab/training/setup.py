@@ -193,16 +193,17 @@ def plan_and_size_batches(
     cfg: RunConfig, problem: Any, source: str, data: DataSplits, report: DataReport, console: Any
 ) -> Any:
     """Resolve ``batch_size: auto`` with the memory planner (in place) and print the plan of the run."""
-    from tunelab.plan import build_plan, choose_batch, longest_batch, trained_tokens_per_row
+    from tunelab.plan import build_plan, choose_batch, longest_batch, micro_batch_shape, trained_tokens_per_row
 
-    seq_len = longest_batch(data.train.lengths(), cfg)
     share = trained_tokens_per_row(data.train)
     if cfg.training.batch_size == "auto":
+        seq_len = longest_batch(data.train.lengths(), cfg)
         batch, accumulation = choose_batch(cfg, problem, source, seq_len, share)
         cfg.training.batch_size, cfg.training.grad_accumulation = batch, accumulation
         if console is not None:
             console.print(f"batch_size auto: {batch} rows per micro-batch, {accumulation} micro-batches per step")
-    plan = build_plan(cfg, problem, source, seq_len, share)
+    rows, seq_len = micro_batch_shape(cfg, problem, data.train.lengths())
+    plan = build_plan(cfg, problem, source, seq_len, share * cfg.training.batch_size / rows, rows)
     if console is not None:
         console.print(plan.summary())
     return plan
