@@ -154,6 +154,8 @@ def test_reward_model_learns_the_preference(reward_run, tmp_path):
     before, after = reward_run.metrics["before"], reward_run.metrics["after"]
     assert after["pairwise_accuracy"] == 1.0 and after["mean_margin"] > before["mean_margin"] + 0.1
     assert after["loss"] < before["loss"]
+    report = (reward_run.run_dir / "report.html").read_text(encoding="utf-8")
+    assert all(title in report for title in ("chosen", "rejected", "margin before", "margin after"))
     # Score a file: a prompt + answer row gets one reward; a preference row gets both and the preferred one.
     rows = tmp_path / "score.jsonl"
     rows.write_text(

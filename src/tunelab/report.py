@@ -165,6 +165,8 @@ def _read_rows(path: Path, classes: list[str]) -> list[dict[str, Any]]:
                 "score": _number(raw.get("score")),
                 "score_before": _number(raw.get("score_before")),
                 "loss": _number(raw.get("loss")),
+                "margin": _number(raw.get("margin")),  # preference pairs: reward(chosen) - reward(rejected)
+                "margin_before": _number(raw.get("margin_before")),
             }
             row["p_true"] = _p_true(raw, "", row["score"], len(classes))
             row["p_true_before"] = _p_true(raw, "_before", row["score_before"], len(classes))
@@ -487,6 +489,10 @@ def _single_rows(run: RunFiles) -> str:
 SCORE_NOTES = {
     "causal_lm": " Score: the row's score under the metric that picks the best checkpoint, else sentence BLEU.",
     "regression": " Score: minus the absolute error (0 is perfect).",
+    "reward": " Margin: the reward of the chosen answer minus the rejected one's; score 1 when it is positive.",
+    "dpo": " Margin: the implicit reward (beta x log-ratio to the reference) of the chosen answer minus the rejected "
+    "one's; score 1 when it is positive.",
+    "rl": " Score: the reward of the greedy answer.",
 }
 
 
@@ -507,6 +513,15 @@ def _columns(run: RunFiles, pair: bool) -> list[Column]:
         if any(r[prob1] is not None for r in rows):  # the base model's probabilities are not always saved
             columns.append(Column(f"P(true) {first}", lambda r: r[prob1], "num"))
         columns.append(Column(f"P(true) {second}", lambda r: r[prob2], "num"))
+    elif run.problem_type in ("reward", "dpo"):
+        margin1, margin2 = ("margin", "margin_b") if pair else ("margin_before", "margin")
+        columns = [
+            Column("prompt", lambda r: r["prompt"]),
+            Column("chosen", lambda r: r["reference"]),
+            Column("rejected", lambda r: r["after"]),
+            Column(f"margin {first}", lambda r: r.get(margin1), "num"),
+            Column(f"margin {second}", lambda r: r.get(margin2), "num"),
+        ]
     elif run.problem_type == "regression":
         columns = [
             Column("text", lambda r: r["prompt"]),
@@ -641,6 +656,7 @@ def _paired_rows(a: RunFiles, b: RunFiles) -> list[dict[str, Any]] | None:
             "after_b": rb["after"],
             "score_b": rb["score"],
             "p_true_b": rb["p_true"],
+            "margin_b": rb["margin"],
             "change": _delta(ra["score"], rb["score"]),
         }  # fmt: skip
         for ra, rb in zip(a.rows, b.rows)

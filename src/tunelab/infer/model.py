@@ -66,7 +66,9 @@ def load_base(cfg: RunConfig, device: str | None = None) -> LoadedRun:
     """The untouched backbone of ``cfg`` as a LoadedRun without a run directory (causal LM only)."""
     from tunelab.errors import ConfigError
 
-    if cfg.problem_type != "causal_lm":
+    from tunelab.config import CAUSAL_LM_PROBLEMS
+
+    if cfg.problem_type not in CAUSAL_LM_PROBLEMS:
         raise ConfigError(
             "only a causal LM can answer before training",
             field="problem_type",

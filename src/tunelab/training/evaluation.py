@@ -184,7 +184,7 @@ class Evaluator:
         rows = [dict(r) for r in self.last.rows]
         if self.before is not None:
             for row, old in zip(rows, self.before.rows):
-                for key in ("prediction", "score", "confidence", "p_true"):
+                for key in ("prediction", "score", "confidence", "p_true", "margin"):
                     if key in old:
                         row[f"{key}_before"] = old[key]
         return rows
