@@ -126,7 +126,7 @@ def test_upload_and_preview_a_csv(chromium_page, studio, sentiment_csv, tiny_ber
     page.wait_for_selector("#upload-error:has-text('larger than the upload limit')")
     page.set_input_files("#upload-file", str(sentiment_csv))
     page.click("#upload")
-    page.wait_for_function("document.querySelector('#data-path').value.endsWith('sentiment.csv')")
+    page.wait_for_function("document.querySelector('#data-path')?.value.endsWith('sentiment.csv')")
     assert page.input_value("#ds-problem") == "classification" and page.input_value("#ds-label") == "label"
     page.fill("#ds-backbone", str(tiny_bert))
     page.click("#inspect")
@@ -192,7 +192,9 @@ def test_experiment_start_stop_resume_finish_and_report(chromium_page, studio, s
     shot(page, "report")
     page.click("text=← back to the run")
     page.click("text=New experiment from this config")  # start from a previous run's config
-    page.wait_for_function("document.querySelector(\"[name='experiment_name']\").value === 'sentiment-tiny-2'")
+    page.wait_for_function(  # the form is rendered after the page changes: the field may not exist yet
+        "document.querySelector(\"[name='experiment_name']\")?.value === 'sentiment-tiny-2'"
+    )
     assert page.input_value("[name='llm_backbone']") == str(tiny_bert)
     assert page.input_value("[name='training.max_steps']") == str(STEPS)
     assert not PAGE_ERRORS

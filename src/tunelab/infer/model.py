@@ -64,9 +64,8 @@ def load_run(path: str | Path, device: str | None = None, full_precision: bool =
 
 def load_base(cfg: RunConfig, device: str | None = None) -> LoadedRun:
     """The untouched backbone of ``cfg`` as a LoadedRun without a run directory (causal LM only)."""
-    from tunelab.errors import ConfigError
-
     from tunelab.config import CAUSAL_LM_PROBLEMS
+    from tunelab.errors import ConfigError
 
     if cfg.problem_type not in CAUSAL_LM_PROBLEMS:
         raise ConfigError(
