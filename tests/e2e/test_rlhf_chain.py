@@ -18,12 +18,13 @@ def test_sft_reward_rl_chain_from_yaml(tmp_path):
     short = ["--set", f"output_directory={out}", "--set", "training.save_steps=0"]
     tunelab(
         "train", EXAMPLES / "sft.yaml", *short,
-        "--set", "training.max_steps=2", "--set", "dataset.validation_size=6",
+        "--set", "training.max_steps=2", "--set", "dataset.validation_size=6", "--set", "dataset.data_sample=32",
         "--set", "prediction.max_length_inference=8", cwd=REPO,
     )  # fmt: skip
     tunelab(
         "train", EXAMPLES / "reward.yaml", *short,
-        "--set", "training.max_steps=2", "--set", "dataset.validation_size=6", cwd=REPO,
+        "--set", "training.max_steps=2", "--set", "dataset.validation_size=6", "--set", "dataset.data_sample=32",
+        cwd=REPO,
     )  # fmt: skip
     # The RL config names the two runs by their directories; here they live under the test's output folder.
     tunelab(
