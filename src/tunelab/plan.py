@@ -243,27 +243,41 @@ def _body(model: Any) -> Any:
     return getattr(base, base.base_model_prefix)
 
 
-def device_flops() -> tuple[str, float]:
-    """The device name and its measured float32 matmul throughput (FLOP/s), cached per device."""
+def device_flops(dtype: str = "float32") -> tuple[str, float]:
+    """The device name and its measured ``dtype`` matmul throughput (FLOP/s), cached per device and dtype.
+
+    The fastest of several timed products counts: a measurement taken while something else runs is not the peak.
+    """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name(0) if device == "cuda" else f"cpu-{torch.get_num_threads()}threads"
-    cache = user_cache_dir() / "device_flops.json"
+    key = name if dtype == "float32" else f"{name}-{dtype}"
+    cache = user_cache_dir() / "matmul_peak.json"  # (device_flops.json held single contended timings)
     known = json.loads(cache.read_text()) if cache.is_file() else {}
-    if name in known:
-        return name, known[name]
+    if key in known:
+        return name, known[key]
     n = 1024 if device == "cpu" else 8192
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    kind = getattr(torch, dtype)
+    a, b = (torch.randn(n, n, device=device).to(kind) for _ in range(2))
     a @ b
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < 0.3:
+    best, started = float("inf"), time.perf_counter()
+    while time.perf_counter() - started < 0.5:
+        tick = time.perf_counter()
         a @ b
-        runs += 1
-    if device == "cuda":
-        torch.cuda.synchronize()
-    flops = 2 * n**3 * runs / (time.perf_counter() - started)
-    known[name] = flops
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - tick)
+    flops = 2 * n**3 / best
+    known[key] = flops
     write_json_atomic(cache, known)
     return name, flops
+
+
+def matmul_dtype(cfg: RunConfig) -> str:
+    """The dtype the backbone's matrix products run in (a quantised backbone computes in its compute dtype)."""
+    from tunelab.models.load import compute_dtype
+
+    dtype = cfg.architecture.backbone_dtype
+    return compute_dtype(cfg.architecture.compute_dtype) if dtype in ("int8", "int4") else dtype
 
 
 def memory_budget(share: float) -> int:
@@ -322,7 +336,7 @@ def build_plan(
     reference, generation, notes = reference_and_generation(cfg, model, params, batch, seq_len)
     gradients = trainable * 4
     flops_per_token = _flops_per_token(params, trainable, config, seq_len, cfg)
-    name, flops = device_flops()
+    name, flops = device_flops(matmul_dtype(cfg))
     step_seconds = flops_per_token * sequences * seq_len / (flops * 0.4)  # a real step reaches ~40% of the matmul peak
     overhead = CUDA_OVERHEAD_BYTES if torch.cuda.is_available() else CPU_OVERHEAD_BYTES
     return Plan(
