@@ -73,6 +73,28 @@ def test_packed_batch_gives_the_same_per_example_loss(tiny_llama, qa_jsonl, tmp_
     assert int(packed["num_trained"]) == sum(int(pad_causal(data.train, [i], 0)["num_trained"]) for i in rows)
 
 
+def test_padding_free_batches_train_under_gradient_checkpointing(tiny_llama, qa_jsonl, tmp_path, isolated_cache):
+    # The layers are recomputed during backward: they must attend the same way as in the forward pass.
+    losses, grads = [], []
+    for checkpointing in (False, True):
+        cfg, problem, data = built(
+            causal_config(
+                tiny_llama, qa_jsonl, tmp_path, training={"adapter": "none"},
+                architecture={"gradient_checkpointing": checkpointing},
+            )
+        )  # fmt: skip
+        torch.manual_seed(0)
+        model = build_model(cfg, problem, str(tiny_llama)).float().train()
+        batch = problem.collate(data.train, [0, 1, 2, 3], train=True)
+        assert batch["input_ids"].shape[0] == 1 and "position_ids" in batch  # one padding-free row
+        loss_sum, count = problem.loss(model, batch)
+        (loss_sum / count).backward()
+        losses.append(float(loss_sum / count))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
 def test_batching_modes_and_padding(tiny_llama, qa_jsonl, tmp_path):
     lengths = np.random.default_rng(1).integers(10, 120, 300)
     gen = lambda: 0  # noqa: E731  (the seed)

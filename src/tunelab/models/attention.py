@@ -109,7 +109,10 @@ def _configs(model: Any) -> list[Any]:
 def varlen_attention(model: Any, batch: dict[str, torch.Tensor]) -> Iterator[None]:
     """Use segment-wise attention for this forward pass when the batch is packed (it carries position ids)."""
     # Packed rows end with padding as a segment of its own (no labels): attending inside it changes nothing.
-    if "position_ids" not in batch or not supports_varlen(model):
+    # Gradient checkpointing recomputes the layers during backward, after this block has restored the attention
+    # setting: the recomputation must see the same attention, so checkpointed models keep transformers' own
+    # (which also keeps attention inside each segment, from the position ids, with a block-diagonal mask).
+    if "position_ids" not in batch or not supports_varlen(model) or getattr(model, "is_gradient_checkpointing", False):
         yield
         return
     register()
