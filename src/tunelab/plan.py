@@ -250,7 +250,7 @@ def device_flops(dtype: str = "float32") -> tuple[str, float]:
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name(0) if device == "cuda" else f"cpu-{torch.get_num_threads()}threads"
-    key = name if dtype == "float32" else f"{name}-{dtype}"
+    key = f"{name}-{dtype}"
     cache = user_cache_dir() / "matmul_peak.json"  # (device_flops.json held single contended timings)
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     if key in known:
@@ -270,14 +270,6 @@ def device_flops(dtype: str = "float32") -> tuple[str, float]:
     known[key] = flops
     write_json_atomic(cache, known)
     return name, flops
-
-
-def matmul_dtype(cfg: RunConfig) -> str:
-    """The dtype the backbone's matrix products run in (a quantised backbone computes in its compute dtype)."""
-    from tunelab.models.load import compute_dtype
-
-    dtype = cfg.architecture.backbone_dtype
-    return compute_dtype(cfg.architecture.compute_dtype) if dtype in ("int8", "int4") else dtype
 
 
 def memory_budget(share: float) -> int:
@@ -336,7 +328,9 @@ def build_plan(
     reference, generation, notes = reference_and_generation(cfg, model, params, batch, seq_len)
     gradients = trainable * 4
     flops_per_token = _flops_per_token(params, trainable, config, seq_len, cfg)
-    name, flops = device_flops(matmul_dtype(cfg))
+    from tunelab.models.load import matmul_dtype
+
+    name, flops = device_flops(matmul_dtype(cfg.architecture))
     step_seconds = flops_per_token * sequences * seq_len / (flops * 0.4)  # a real step reaches ~40% of the matmul peak
     overhead = CUDA_OVERHEAD_BYTES if torch.cuda.is_available() else CPU_OVERHEAD_BYTES
     return Plan(

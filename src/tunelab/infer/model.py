@@ -10,7 +10,7 @@ import torch
 
 from tunelab.config import RunConfig
 from tunelab.models.adapters import load_trained
-from tunelab.models.load import compute_dtype, load_backbone, load_tokenizer, quantization_config, resolve_backbone
+from tunelab.models.load import load_backbone, load_tokenizer, matmul_dtype, quantization_config, resolve_backbone
 from tunelab.problems import build_problem
 from tunelab.rundir import RunDirectory
 
@@ -48,8 +48,7 @@ def load_run(path: str | Path, device: str | None = None, full_precision: bool =
     assert model_dir is not None
     source = str(model_dir) if method == "none" else resolve_backbone(cfg.llm_backbone)
     arch = cfg.architecture
-    quantized = arch.backbone_dtype in ("int8", "int4")
-    dtype = compute_dtype(arch.compute_dtype) if quantized else arch.backbone_dtype
+    dtype = matmul_dtype(arch)
     quantization = None if full_precision else quantization_config(arch)
     base = load_backbone(source, problem.auto_class(), dtype=dtype, quantization=quantization, **problem.model_kwargs())
     if getattr(base.config, "pad_token_id", None) is None:

@@ -302,6 +302,12 @@ def compute_dtype(setting: str) -> str:
     return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
 
 
+def matmul_dtype(arch: Any) -> str:
+    """The dtype the backbone's matrix products run in: a quantised backbone computes in its compute dtype."""
+    quantized = arch.backbone_dtype in ("int8", "int4")
+    return compute_dtype(arch.compute_dtype) if quantized else arch.backbone_dtype
+
+
 def load_backbone(
     source: str,
     auto_class: Any,

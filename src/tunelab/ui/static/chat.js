@@ -40,7 +40,7 @@ async function streamChat(payload, onText) {
 TL.pages.chat = {
   async render(el, params) {
     const h = TL.h;
-    const runs = (await TL.runs()).filter((r) => r.status === "finished" && ["causal_lm", "dpo", "rl"].includes(r.problem_type));
+    const runs = (await TL.runs()).filter((r) => r.status === "finished" && TL.canChat(r));
     const options = [["", "— none —"]];
     for (const r of runs) {
       options.push([`run:${r.id}`, `${r.name} (fine-tuned)`]);

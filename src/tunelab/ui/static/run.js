@@ -16,7 +16,7 @@ TL.pages.run = {
     const drawHead = (run) => {
       const links = [];
       if (run.has_report || run.status === "finished") links.push(h("a", { class: "button", id: "open-report", href: `#/report/${run.id}` }, "Report"));
-      if (run.status === "finished" && ["causal_lm", "dpo", "rl"].includes(run.problem_type)) links.push(h("a", { class: "button", href: `#/chat/${run.id}` }, "Chat"));
+      if (run.status === "finished" && TL.canChat(run)) links.push(h("a", { class: "button", href: `#/chat/${run.id}` }, "Chat"));
       if (run.status === "finished") links.push(h("a", { class: "button", href: `#/export/${run.id}` }, "Export"));
       if (run.registered) {
         links.push(h("button", { onclick: () => { TL.presetRun = run.id; location.hash = "#/new"; } }, "New experiment from this config"));

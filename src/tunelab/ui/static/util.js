@@ -2,6 +2,8 @@
 "use strict";
 
 const TL = { pages: {}, timers: [], runsCache: null };
+// The problem types whose runs are causal LMs that can chat (tunelab.config.CAUSAL_LM_PROBLEMS).
+TL.canChat = (run) => ["causal_lm", "dpo", "rl"].includes(run.problem_type);
 
 class ApiError extends Error {
   constructor(message, status, field, problems) {
