@@ -104,6 +104,11 @@ class DatasetConfig(Section):
     parent_id_column: str = Field(
         "parent_id", description="Column holding the id of the previous turn's row (format 'h2o_multiturn')."
     )
+    limit_chained_samples: bool = Field(
+        False,
+        description="Format 'h2o_multiturn': one example per whole conversation (only the rows no other row "
+        "continues, each with all its earlier turns) instead of one example per row.",
+    )
     chosen_column: str = Field("chosen", description="Column holding the preferred answer (format 'preference').")
     rejected_column: str = Field("rejected", description="Column holding the worse answer (format 'preference').")
     label_delimiter: str = Field(
@@ -121,6 +126,18 @@ class DatasetConfig(Section):
         description="Use only part of the training rows (after the validation split): a fraction up to 1, or a "
         "whole number of rows above 1. The sample is deterministic (split_seed).",
     )
+    data_sample_choice: list[Literal["train", "validation"]] = Field(
+        default_factory=lambda: ["train"],
+        min_length=1,
+        description="Which splits data_sample thins: 'train', 'validation' or both (H2O's Train/Validation).",
+    )
+
+    @field_validator("data_sample_choice", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        value = [value] if isinstance(value, str) else value
+        return [v.lower() if isinstance(v, str) else v for v in value] if isinstance(value, (list, tuple)) else value
+
     split_seed: int = Field(
         42,
         ge=0,
@@ -137,6 +154,10 @@ class DatasetConfig(Section):
     text_prompt_start: str = Field("", description="Text put before every prompt (when no chat template is used).")
     text_answer_separator: str = Field(
         "", description="Text put between the prompt and the answer (when no chat template is used)."
+    )
+    add_eos_token_to_system: bool = Field(
+        False,
+        description="End the system text with the EOS token instead of a newline (when no chat template is used).",
     )
     add_eos_token_to_prompt: bool = Field(
         True, description="End the prompt with the EOS token (when no chat template is used)."
@@ -159,6 +180,13 @@ class DatasetConfig(Section):
     system_prompt: str = Field(
         "", description="System prompt for conversations that have none (a system_column value wins)."
     )
+    personalize: bool = Field(
+        False,
+        description="Rename the assistant in prompts and answers: 'Open Assistant' (and its misspellings) and "
+        "'Assistant' become chatbot_name, 'LAION' becomes chatbot_author (for OpenAssistant-derived data).",
+    )
+    chatbot_name: str = Field("h2oGPT", min_length=1, description="The assistant's name used by personalize.")
+    chatbot_author: str = Field("H2O.ai", min_length=1, description="The assistant's author used by personalize.")
     train_on: Literal["last_answer", "all_answers"] = Field(
         "all_answers",
         description="In multi-turn conversations, train on every assistant turn or only the last one "
@@ -216,6 +244,22 @@ class TokenizerConfig(Section):
 class AugmentationConfig(Section):
     token_mask_probability: float = Field(
         0.0, ge=0, lt=1, description="Share of prompt tokens replaced by the pad/mask token during training."
+    )
+    skip_parent_probability: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Format 'h2o_multiturn': leave out each earlier turn of a training conversation with this "
+        "probability (drawn once per row when the training split is built, seeded by dataset.split_seed); "
+        "validation conversations stay whole.",
+    )
+    random_parent_probability: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Format 'h2o_multiturn': with this probability, put the turn of a random training row before a "
+        "training conversation, so the model learns to answer the last question and ignore unrelated history "
+        "(drawn once per row, seeded by dataset.split_seed; validation rows never get one).",
     )
 
 
@@ -656,6 +700,16 @@ class RunConfig(BaseModel):
             )
         if self.dataset.validation_strategy == "custom" and not self.dataset.validation_dataframe:
             found.append(("dataset.validation_dataframe", "required when validation_strategy is 'custom'"))
+        aug = self.augmentation
+        chained = aug.skip_parent_probability or aug.random_parent_probability or self.dataset.limit_chained_samples
+        if chained and self.dataset.format not in ("auto", "h2o_multiturn"):
+            found.append(
+                (
+                    "dataset.format",
+                    "limit_chained_samples and the parent probabilities apply to rows chained by parent_id_column "
+                    f"(format 'h2o_multiturn'), not to '{self.dataset.format}'",
+                )
+            )
         scored = self.problem_type in ("classification", "regression")
         if scored and not self.dataset.label_column:
             found.append(("dataset.label_column", f"required for {self.problem_type}"))

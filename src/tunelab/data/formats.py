@@ -365,31 +365,11 @@ class ExampleReader:
 
     def _chained(self, record: Record) -> dict[str, Any]:
         """H2O multi-turn: each row's conversation is its chain of parents (by id / parent_id), then its own turn."""
-        ds = self.cfg.dataset
+        from tunelab.data.chains import build_chains, chain_messages  # the chain logic and its options live there
+
         if self._chains is None:
-            self._chains = {}
-            for rec in self.records():
-                turn = columns_example(rec, self.cfg)["messages"]
-                parent = rec.data.get(ds.parent_id_column)
-                key = cell_text(rec, ds.id_column)
-                self._chains[key] = (
-                    None if parent in (None, "") else str(parent),
-                    turn[-2]["content"],
-                    turn[-1]["content"],
-                )
-        messages: list[dict[str, str]] = []
-        key: str | None = cell_text(record, ds.id_column)
-        seen = set()
-        while key is not None:
-            if key in seen:
-                raise record.error("the parent_id chain loops back on itself", field=ds.parent_id_column)
-            seen.add(key)
-            if key not in self._chains:
-                raise record.error(f"parent id '{key}' does not exist", field=ds.parent_id_column)
-            parent, prompt, answer = self._chains[key]
-            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}] + messages
-            key = parent
-        return {"messages": [*_system(record, self.cfg), *messages]}
+            self._chains = build_chains(self.records(), self.cfg, columns_example)
+        return {"messages": [*_system(record, self.cfg), *chain_messages(record, self.cfg, self._chains)]}
 
 
 def check_file(source: Any, cfg: RunConfig) -> tuple[int, str]:

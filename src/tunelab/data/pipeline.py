@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 
 from tunelab.config import RunConfig
+from tunelab.data.chains import ParentAugmenter, augments_parents, keep_conversation_ends
 from tunelab.data.formats import ExampleReader
+from tunelab.data.personalize import personalize_example
 from tunelab.data.readers import Record, expand_sources, iter_records
-from tunelab.data.split import split_indices
+from tunelab.data.split import sample_indices, split_indices
 from tunelab.data.tokenize import EncodedSplit, SplitBuilder
 from tunelab.errors import DataError
 from tunelab.io import user_cache_dir
@@ -48,8 +50,16 @@ def source_name(source: str | list[str]) -> str:
 
 
 def iter_examples(source: Any, problem: Any) -> Iterator[tuple[Record, dict[str, Any]]]:
-    """Each record of ``source`` with its canonical example, in the config's (or the detected) format."""
-    yield from ExampleReader(problem.cfg, source)
+    """Each record of ``source`` with its canonical example, in the config's (or the detected) format.
+
+    With ``limit_chained_samples``, chained rows that do not end a conversation are left out; ``personalize``
+    renames the assistant.
+    """
+    ds = problem.cfg.dataset
+    for record, example in keep_conversation_ends(ExampleReader(problem.cfg, source)):
+        if ds.personalize:
+            example = personalize_example(example, ds.chatbot_name, ds.chatbot_author)
+        yield record, example
 
 
 @dataclass
@@ -57,8 +67,9 @@ class SplitPlan:
     """Which rows of the training source go where (0-based indices in reading order)."""
 
     train: set[int] | None  # None = every row not held out
-    validation: set[int]
+    validation: set[int]  # the validation rows: held_out, or a sample of it (data_sample_choice 'validation')
     format: str
+    held_out: set[int] = field(default_factory=set)  # every row kept out of training
 
 
 def plan_split(cfg: RunConfig, problem: Any, fit: bool = True) -> SplitPlan:
@@ -71,7 +82,7 @@ def plan_split(cfg: RunConfig, problem: Any, fit: bool = True) -> SplitPlan:
     labels: list[Any] = []
     reader = ExampleReader(cfg, ds.train_dataframe)
     n_rows = 0
-    for _, example in reader:
+    for _, example in keep_conversation_ends(reader):
         n_rows += 1
         label = problem.label_of(example)
         if label is not None:
@@ -86,12 +97,15 @@ def plan_split(cfg: RunConfig, problem: Any, fit: bool = True) -> SplitPlan:
         train_idx, val_idx = split_indices(
             n_rows, ds.validation_size, ds.split_seed, strata, source_name(ds.train_dataframe)
         )
+    sampled = ds.data_sample != 1.0
     train = None
-    if ds.data_sample != 1.0:
-        keep = int(ds.data_sample) if ds.data_sample > 1 else max(int(round(len(train_idx) * ds.data_sample)), 1)
-        rng = np.random.default_rng(ds.split_seed + 1)
-        train = set(rng.permutation(train_idx)[:keep].tolist())
-    return SplitPlan(train, set(val_idx.tolist()), reader.format)
+    if sampled and "train" in ds.data_sample_choice:
+        train = sample_indices(train_idx, ds.data_sample, ds.split_seed + 1)
+    held_out = set(val_idx.tolist())
+    validation = held_out
+    if sampled and "validation" in ds.data_sample_choice and held_out:
+        validation = sample_indices(val_idx, ds.data_sample, ds.split_seed + 2)
+    return SplitPlan(train, validation, reader.format, held_out)
 
 
 def example_key(example: dict[str, Any]) -> str:
@@ -106,6 +120,7 @@ def encode_source(
     skip: set[int] | None = None,
     examples: list[dict[str, Any]] | None = None,
     exclude: set[str] | None = None,
+    transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> tuple[EncodedSplit, int]:
     """Tokenise the rows of ``source`` (only ``keep`` / all but ``skip``, by 0-based index).
 
@@ -116,6 +131,7 @@ def encode_source(
         skip: indices not to encode.
         examples: when a list, the canonical examples of the encoded rows are appended to it.
         exclude: content hashes of examples to leave out (rows already in another split).
+        transform: applied to each example that is encoded (training-time augmentation).
 
     Returns:
         (the split, how many rows ``exclude`` removed).
@@ -128,10 +144,40 @@ def encode_source(
         if exclude is not None and example_key(example) in exclude:
             removed += 1
             continue
+        if transform is not None:
+            example = transform(example)
         problem.encode(example, builder, record.position, record)
         if examples is not None:
             examples.append(example)
     return builder.build(), removed
+
+
+def encode_validation(
+    cfg: RunConfig, problem: Any, plan: SplitPlan | None, examples: list[dict[str, Any]]
+) -> EncodedSplit:
+    """The validation split: the held-out rows of ``plan`` (automatic; planned here when None) or the validation
+    file (custom, sampled when ``data_sample_choice`` has 'validation'); the examples are appended to ``examples``."""
+    ds = cfg.dataset
+    if ds.validation_strategy != "custom":
+        plan = plan or plan_split(cfg, problem, fit=False)
+        return encode_source(ds.train_dataframe, problem, keep=plan.validation, examples=examples)[0]
+    keep = None
+    if ds.data_sample != 1.0 and "validation" in ds.data_sample_choice:
+        n_rows = sum(1 for _ in iter_examples(ds.validation_dataframe, problem))
+        keep = sample_indices(np.arange(n_rows), ds.data_sample, ds.split_seed + 2)
+    return encode_source(ds.validation_dataframe, problem, keep=keep, examples=examples)[0]
+
+
+def training_augmenter(cfg: RunConfig, problem: Any, plan: SplitPlan) -> ParentAugmenter | None:
+    """The skip / random parent augmentation of chained training conversations; None when it is off."""
+    if plan.format != "h2o_multiturn" or not augments_parents(cfg):
+        return None
+    pool = [
+        example["messages"][-2:]
+        for i, (_, example) in enumerate(iter_examples(cfg.dataset.train_dataframe, problem))
+        if (plan.train is None or i in plan.train) and i not in plan.held_out and "messages" in example
+    ]
+    return ParentAugmenter(cfg, pool)
 
 
 def build_splits(cfg: RunConfig, problem: Any, use_cache: bool = True) -> DataSplits:
@@ -159,12 +205,12 @@ def build_splits(cfg: RunConfig, problem: Any, use_cache: bool = True) -> DataSp
     started = time.perf_counter()
     plan = plan_split(cfg, problem)
     val_examples: list[dict[str, Any]] = []
-    if ds.validation_strategy == "custom":
-        validation, _ = encode_source(ds.validation_dataframe, problem, examples=val_examples)
-    else:
-        validation, _ = encode_source(ds.train_dataframe, problem, keep=plan.validation, examples=val_examples)
+    validation = encode_validation(cfg, problem, plan, val_examples)
     held_out = {example_key(ex) for ex in val_examples}
-    train, removed = encode_source(ds.train_dataframe, problem, keep=plan.train, skip=plan.validation, exclude=held_out)
+    augment = training_augmenter(cfg, problem, plan)
+    train, removed = encode_source(
+        ds.train_dataframe, problem, keep=plan.train, skip=plan.held_out, exclude=held_out, transform=augment
+    )
     if len(train) == 0:
         raise DataError(
             "no training rows are left after the validation split",
@@ -255,6 +301,7 @@ def cache_key(cfg: RunConfig, tokenizer: Any) -> str | None:
         "data": digests,
         "dataset": ds.model_dump(mode="json"),
         "tokenizer_cfg": cfg.tokenizer.model_dump(mode="json"),
+        "parents": [cfg.augmentation.skip_parent_probability, cfg.augmentation.random_parent_probability],
         "tokenizer": tokenizer_fingerprint(tokenizer),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
@@ -320,10 +367,7 @@ def validation_data(cfg: RunConfig, problem: Any, path: str | None = None) -> tu
     examples: list[dict[str, Any]] = []
     if path is not None:
         return encode_source(path, problem, examples=examples)[0], examples
-    if cfg.dataset.validation_strategy == "custom":
-        return encode_source(cfg.dataset.validation_dataframe, problem, examples=examples)[0], examples
-    plan = plan_split(cfg, problem, fit=False)
-    return encode_source(cfg.dataset.train_dataframe, problem, keep=plan.validation, examples=examples)[0], examples
+    return encode_validation(cfg, problem, None, examples), examples
 
 
 def read_prompts(path: str, cfg: RunConfig) -> tuple[list[Record], list[dict[str, Any]]]:

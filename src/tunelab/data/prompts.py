@@ -115,7 +115,7 @@ class PromptRenderer:
         out = []
         for message in messages:
             if message["role"] == "system":
-                out.append((message["content"] + "\n", False))
+                out.append((message["content"] + (self.eos if ds.add_eos_token_to_system else "\n"), False))
             elif message["role"] == "user":
                 out.append(
                     (

@@ -70,3 +70,13 @@ def _stratified(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.
         rest = np.setdiff1d(np.arange(len(labels)), picked)
         picked = np.concatenate([picked, rng.permutation(rest)[: count - len(picked)]])
     return picked
+
+
+def sample_indices(indices: np.ndarray, size: float, seed: int) -> set[int]:
+    """A deterministic random part of ``indices``: ``size`` is a fraction up to 1 or a whole row count above 1.
+
+    At least one index is kept; the same indices, size and seed always give the same sample.
+    """
+    keep = int(size) if size > 1 else max(int(round(len(indices) * size)), 1)
+    rng = np.random.default_rng(seed)
+    return set(rng.permutation(indices)[:keep].tolist())
