@@ -144,7 +144,8 @@ def test_text_longer_than_max_length_is_chunked(tok):
 def test_classification_single_and_multi_label():
     c = cfg(problem_type="classification", prompt_column=["title", "body"])
     exs, fmt = examples(FORMATS / "classification.csv", c)
-    assert fmt == "classification" and exs[0] == {"text": "title 0\nterrible movie", "label": "neg"}
+    # Two text columns are a sentence pair (encoded with the tokenizer's separator where it has one).
+    assert fmt == "classification" and exs[0] == {"text": "title 0", "text_pair": "terrible movie", "label": "neg"}
     multi, _ = examples(FORMATS / "multilabel.jsonl", cfg(problem_type="classification", prompt_column=["text"]))
     assert [e["label"] for e in multi[:3]] == [["a"], ["b"], ["a", "b"]]
     delimited, _ = examples(

@@ -299,11 +299,15 @@ def config_validate(
 ) -> None:
     """Check a config and every row of its data files against it, without loading a model."""
     from tunelab.config import load_config
-    from tunelab.data.formats import check_file
+    from tunelab.data.formats import check_file, resolve_data
+    from tunelab.models.load import check_backbone
 
     cfg = load_config(config, overrides)
+    check_backbone(cfg.llm_backbone)  # the form only: a hub id is not looked up
     if not cfg.dataset.train_dataframe:
         raise TunelabError("no training data set", file=str(config), field="dataset.train_dataframe")
+    for note in resolve_data(cfg):
+        console.print(note)
     rows, fmt = check_file(cfg.dataset.train_dataframe, cfg)
     extra = ""
     if cfg.dataset.validation_strategy == "custom":
@@ -347,37 +351,15 @@ def data_inspect(
     config: Path | None = typer.Option(None, "--config", help="Read the data as this config says."),
     rows: int = typer.Option(3, "--rows", help="How many rows to render."),
     text_mode: str | None = typer.Option(None, "--text-mode", help="For .txt files: line or file."),
-    histogram: Path | None = typer.Option(None, "--histogram", help="Where to write the length histogram PNG."),
+    histogram: Path | None = typer.Option(None, "--histogram", help="Also write a token-length histogram PNG here."),
     overrides: list[str] | None = SetOption,
 ) -> None:
-    """Render rows exactly as the model will see them (trained tokens highlighted) and report on the file."""
-    from tunelab.config import load_config
-    from tunelab.data.inspect import compute_report, print_report, render_row, save_length_histogram
-    from tunelab.data.pipeline import encode_source
-    from tunelab.models.load import load_tokenizer, resolve_backbone
-    from tunelab.problems import build_problem
+    """What shape a data file has and which problem types can use it; its rows exactly as the model will see them
+    (trained tokens highlighted). Needs no config: the problem type follows the data unless one is given."""
+    from tunelab.data_inspect import inspect_file
 
     extra = [f"dataset.text_mode={text_mode}"] if text_mode else []
-    cfg = (
-        load_config(config, [*(overrides or []), *extra])
-        if config
-        else load_config(overrides=[*(overrides or []), *extra])
-    )
-    tokenizer = load_tokenizer(resolve_backbone(cfg.llm_backbone))
-    problem = build_problem(cfg, tokenizer)
-    from tunelab.data.formats import ExampleReader
-
-    reader = ExampleReader(cfg, file)
-    labels = [problem.label_of(ex) for _, ex in reader]
-    problem.fit([x for x in labels if x is not None], file)
-    split, _ = encode_source(file, problem)
-    report = compute_report(split, cfg, file, reader.format)
-    print_report(report, console, cfg)
-    for i in range(min(rows, len(split))):
-        console.print(f"\n[bold]row {split.rows[i]}[/] ({split.lengths()[i]} tokens; trained in green, masked dimmed)")
-        console.print(render_row(split, i, tokenizer))
-    target = histogram or Path(Path(file).name.split(".")[0] + "_lengths.png")
-    console.print(f"\nlength histogram: {save_length_histogram(split, cfg, target)}")
+    inspect_file(file, config, [*(overrides or []), *extra], rows, histogram, console)
 
 
 # ---------------------------------------------------------------------------------------------------------- runs

@@ -35,6 +35,15 @@ PROBLEM_LOSSES: dict[str, tuple[str, ...]] = {
     "dpo": ("Preference",),  # which one: training.preference_loss
     "rl": ("ClippedPolicy",),  # GRPO or PPO: rl.algorithm
 }
+# The kinds of canonical example (see data/shapes.py) each problem type trains on.
+PROBLEM_DATA_KINDS: dict[str, tuple[str, ...]] = {
+    "causal_lm": ("conversation", "text", "segments", "pair"),
+    "classification": ("labelled",),
+    "regression": ("labelled",),
+    "reward": ("pair",),
+    "dpo": ("pair",),
+    "rl": ("prompt", "conversation", "pair", "stepwise"),
+}
 # Problem types whose model is a causal LM with its language-model head (adapters, heads, chat, export, serve).
 CAUSAL_LM_PROBLEMS = ("causal_lm", "dpo", "rl")
 # Problem types trained on preference pairs (two sequences per row).
@@ -88,12 +97,35 @@ class DatasetConfig(Section):
     test_dataframe: str | list[str] = Field(
         "", description="Optional test data, evaluated once after training and reported as 'test' metrics."
     )
-    format: Literal["auto", "columns", "alpaca", "messages", "sharegpt", "h2o_multiturn", "text", "preference"] = Field(
+    format: Literal[
         "auto",
-        description="How rows are read: 'columns' (prompt/answer columns), 'alpaca' (instruction, input, output, "
-        "system, history), 'messages' (OpenAI role/content lists), 'sharegpt' (conversations with from/value), "
-        "'h2o_multiturn' (rows chained by id/parent_id), 'text' (raw text for continued pre-training), "
-        "'preference' (prompt/chosen/rejected); 'auto' detects it from the first row.",
+        "columns",
+        "alpaca",
+        "messages",
+        "sharegpt",
+        "h2o_multiturn",
+        "text",
+        "input_output",
+        "preference",
+        "unpaired_preference",
+        "prompt_only",
+        "stepwise",
+        "classification",
+    ] = Field(
+        "auto",
+        description="How rows are read: 'columns' (prompt/answer columns; TRL prompt/completion), 'alpaca' "
+        "(instruction, input, output, system, history), 'messages' (OpenAI/TRL role/content lists, tool calls, "
+        "weight), 'sharegpt' (conversations with from/value, tools), 'h2o_multiturn' (rows chained by id/parent_id), "
+        "'text' (raw text for continued pre-training), 'input_output' (Axolotl segments with train flags), "
+        "'preference' (prompt/chosen/rejected, implicit prompt, alpaca or sharegpt preference), "
+        "'unpaired_preference' (prompt/completion/label), 'prompt_only' (prompts for rl), 'stepwise' (TRL stepwise "
+        "supervision), 'classification' (text and label columns); 'auto' detects it from the rows "
+        "(`tunelab data inspect FILE` shows what it found).",
+    )
+    tools_column: str = Field(
+        "tools",
+        description="Column holding the tool definitions of a conversation (OpenAI 'tools', LLaMA-Factory sharegpt "
+        "'tools'); handed to the chat template when it supports tools, else written into the system prompt.",
     )
     text_mode: Literal["line", "file"] = Field(
         "line", description="For .txt files: one document per line, or one document per file."
@@ -717,9 +749,12 @@ class RunConfig(BaseModel):
             found.append(
                 ("training.packing", f"packing is for causal LM training; turn it off for {self.problem_type}")
             )
-        if scored and self.dataset.format not in ("auto", "columns"):
+        if scored and self.dataset.format not in ("auto", "columns", "classification"):
             found.append(
-                ("dataset.format", f"{self.problem_type} reads text and label columns: use 'auto' or 'columns'")
+                (
+                    "dataset.format",
+                    f"{self.problem_type} reads text and label columns: use 'auto' or 'classification'",
+                )
             )
         if self.training.metric_for_best and self.training.metric_for_best.lower() not in self.metric_names():
             found.append(

@@ -1,96 +1,60 @@
 """Formats: turn a raw record into the canonical example of a problem type.
 
-Canonical examples are plain dicts:
+Canonical examples are plain dicts (their *kind*, see ``data/shapes.py``):
 
-- conversation (causal LM): ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``
-- raw text (continued pre-training): ``{"text": str}``
-- classification: ``{"text": str, "label": str}``, or ``{"text": str, "label": [str, ...]}`` for multi-label
-- preference: ``{"prompt": [messages], "chosen": str, "rejected": str}``
+- conversation: ``{"messages": [{"role", "content", ...}], "tools": [...]?}`` (see ``data/messages.py``)
+- text (continued pre-training): ``{"text": str}``
+- segments (Axolotl input_output): ``{"segments": [{"text": str, "train": bool}, ...]}``
+- labelled (classification): ``{"text": str, "label": str | [str, ...]}``, plus ``"text_pair"`` for sentence pairs
+- pair / unpaired / stepwise: see ``data/preference_formats.py``
+- prompt (online RL, prediction): ``{"messages": [...], "reference": str | None}``
 
-Formats are detected from the first record (``dataset.format: auto``) or set explicitly. Every problem is a
-``DataError`` naming the file, row and field.
+The format is detected from a sample of rows (``dataset.format: auto``, ``data/shapes.py``) or set explicitly. Every
+problem is a ``DataError`` naming the file, row and field.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import Any
 
-from tunelab.config import RunConfig
+from tunelab.config import PROBLEM_DATA_KINDS, RunConfig
+from tunelab.data.cells import cell_text, conversation_messages, system_messages, with_default_system
+from tunelab.data.messages import is_trained, json_cell, normalise_messages, tools_cell
+from tunelab.data.preference_formats import (  # noqa: F401  (parse_hh_dialogue, split_shared_prefix: re-exported)
+    parse_hh_dialogue,
+    preference_example,
+    prompt_messages,
+    split_shared_prefix,
+    stepwise_example,
+    unpaired_example,
+)
 from tunelab.data.readers import Record, iter_records
+from tunelab.data.shapes import FORMAT_KINDS, KIND_TITLES, SAMPLE_ROWS, Detection, detect_shape
 from tunelab.errors import DataError
 
 CONVERSATION_FORMATS = ("columns", "alpaca", "messages", "sharegpt", "h2o_multiturn")
-ROLES = {
-    "system": "system",
-    "user": "user",
-    "assistant": "assistant",
-    "human": "user",
-    "gpt": "assistant",
-    "bot": "assistant",
-    "model": "assistant",
-}
-
-
-# ---------------------------------------------------------------------------------------------------------- cells
-def cell_text(record: Record, column: str, *, required: bool = True) -> str:
-    """The text in ``record[column]``, with numbers turned into text.
-
-    Raises:
-        DataError: when the column is missing, null (if required) or holds a list/object.
-    """
-    data = record.data
-    if column not in data:
-        columns = ", ".join(list(data)[:12])
-        raise record.error(
-            f"column '{column}' not found (columns are: {columns})",
-            field=column,
-            hint="set the right column name in the dataset section of the config",
-        )
-    value = data[column]
-    if value is None:
-        if required:
-            raise record.error("value is empty (null)", field=column, hint="fill in or drop this row")
-        return ""
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        kind = type(value).__name__
-        raise record.error(
-            f"expected text, got a {kind}",
-            field=column,
-            hint="this column must hold plain text; nested data needs a format such as 'messages'",
-        )
-    return str(value)
-
-
-def _system(record: Record, cfg: RunConfig) -> list[dict[str, str]]:
-    ds = cfg.dataset
-    text = ""
-    if ds.system_column and ds.system_column in record.data:
-        text = cell_text(record, ds.system_column, required=False)
-    text = text or ds.system_prompt
-    return [{"role": "system", "content": text}] if text else []
-
-
-def with_default_system(messages: list[dict[str, str]], cfg: RunConfig) -> list[dict[str, str]]:
-    """Prepend ``dataset.system_prompt`` when the conversation has no system message."""
-    if cfg.dataset.system_prompt and not (messages and messages[0]["role"] == "system"):
-        return [{"role": "system", "content": cfg.dataset.system_prompt}, *messages]
-    return messages
+_system = system_messages  # the name the parent-id chaining uses
 
 
 # ---------------------------------------------------------------------------------------------------------- formats
 def columns_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
-    """Prompt column(s) and an answer column as one user turn and one assistant turn."""
+    """Prompt column(s) and an answer column as one user turn and one assistant turn; TRL's conversational
+    prompt/completion (message lists in both cells) as the whole conversation."""
     ds = cfg.dataset
-    prompt = "\n".join(cell_text(record, column) for column in ds.prompt_column)
-    answer = cell_text(record, ds.answer_column)
+    first = record.data.get(ds.prompt_column[0])
+    answer = record.data.get(ds.answer_column)
+    if isinstance(json_cell(record, ds.prompt_column[0], first), list) and ds.answer_column in record.data:
+        prompt = normalise_messages(record, ds.prompt_column[0], first)
+        completion = normalise_messages(record, ds.answer_column, answer)
+        return _conversation(record, cfg, ds.answer_column, [*system_messages(record, cfg), *prompt, *completion])
+    prompt_text = "\n".join(cell_text(record, column) for column in ds.prompt_column)
     return {
         "messages": [
-            *_system(record, cfg),
-            {"role": "user", "content": prompt},
-            {"role": "assistant", "content": answer},
+            *system_messages(record, cfg),
+            {"role": "user", "content": prompt_text},
+            {"role": "assistant", "content": cell_text(record, ds.answer_column)},
         ]
     }
 
@@ -99,11 +63,8 @@ def alpaca_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
     """Alpaca: instruction (+ input) -> output, with optional system and history of [user, assistant] pairs."""
     instruction = cell_text(record, "instruction")
     extra = cell_text(record, "input", required=False) if "input" in record.data else ""
-    messages = _system(record, cfg)
-    if "system" in record.data and not messages:
-        system = cell_text(record, "system", required=False)
-        messages = [{"role": "system", "content": system}] if system else []
-    history = record.data.get("history") or []
+    messages = system_messages(record, cfg)
+    history = json_cell(record, "history", record.data.get("history")) or []
     if not isinstance(history, list):
         raise record.error("history must be a list of [question, answer] pairs", field="history")
     for turn in history:
@@ -115,55 +76,33 @@ def alpaca_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
     return {"messages": messages}
 
 
-def _message_list(record: Record, field: str, items: Any, role_key: str, content_key: str) -> list[dict[str, str]]:
-    if isinstance(items, str) and items.lstrip().startswith("["):
-        # A CSV export holds the list as JSON text.
-        try:
-            items = json.loads(items)
-        except json.JSONDecodeError:
-            raise record.error("the message list is not valid JSON", field=field) from None
-    if not isinstance(items, list) or not items:
-        raise record.error("expected a non-empty list of messages", field=field)
-    out = []
-    for i, item in enumerate(items, start=1):
-        if not isinstance(item, dict) or role_key not in item or content_key not in item:
-            raise record.error(f"message {i} needs '{role_key}' and '{content_key}'", field=field)
-        role = ROLES.get(str(item[role_key]).lower())
-        if role is None:
-            raise record.error(
-                f"message {i} has unknown role '{item[role_key]}'",
-                field=field,
-                hint="roles are system, user and assistant",
-            )
-        content = item[content_key]
-        if not isinstance(content, str):
-            raise record.error(f"message {i} content must be text", field=field)
-        out.append({"role": role, "content": content})
-    return out
-
-
-def _conversation(record: Record, cfg: RunConfig, field: str, messages: list[dict[str, str]]) -> dict[str, Any]:
-    if not any(m["role"] == "assistant" for m in messages):
-        raise record.error("the conversation has no assistant turn to learn from", field=field)
-    while messages[-1]["role"] != "assistant":  # a trailing user turn has no answer to train on
+def _conversation(record: Record, cfg: RunConfig, field: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    if not any(is_trained(m) for m in messages):
+        what = "an assistant turn" if any(m["role"] == "assistant" for m in messages) else "no assistant turn"
+        raise record.error(
+            f"the conversation has {what} to learn from" if what.startswith("no") else
+            "every assistant turn has weight 0: nothing to learn from",
+            field=field,
+        )
+    while not is_trained(messages[-1]):  # turns after the last learned answer teach nothing
         messages = messages[:-1]
-    return {"messages": with_default_system(messages, cfg)}
+    example: dict[str, Any] = {"messages": with_default_system(messages, cfg)}
+    tools = tools_cell(record, cfg.dataset.tools_column)
+    if tools:
+        example["tools"] = tools
+    return example
 
 
 def messages_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
-    """OpenAI chat format: ``messages`` = [{"role", "content"}, ...], system prompts and many turns."""
-    field = cfg.dataset.messages_column
-    if field not in record.data:
-        raise record.error(f"column '{field}' not found", field=field)
-    return _conversation(record, cfg, field, _message_list(record, field, record.data[field], "role", "content"))
+    """OpenAI chat format and its relatives: ``messages`` = [{"role", "content"}, ...], tools and weights."""
+    return _conversation(record, cfg, cfg.dataset.messages_column, conversation_messages(record, cfg))
 
 
 def sharegpt_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
-    """ShareGPT: ``conversations`` = [{"from": "human"|"gpt"|"system", "value"}, ...]."""
-    field = "conversations"
-    if field not in record.data:
-        raise record.error(f"column '{field}' not found", field=field)
-    return _conversation(record, cfg, field, _message_list(record, field, record.data[field], "from", "value"))
+    """ShareGPT: ``conversations`` = [{"from": "human"|"gpt"|"system"|"function_call"|"observation", "value"}]."""
+    if "conversations" not in record.data:
+        raise record.error("column 'conversations' not found", field="conversations")
+    return _conversation(record, cfg, "conversations", conversation_messages(record, cfg))
 
 
 def text_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
@@ -171,139 +110,48 @@ def text_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
     return {"text": cell_text(record, cfg.dataset.text_column)}
 
 
+def segments_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
+    """Axolotl's input_output: ``segments`` = [{"text": ..., "label": true|false}], trained where label is true."""
+    segments = json_cell(record, "segments", record.data.get("segments"))
+    if not isinstance(segments, list) or not segments:
+        raise record.error("segments must be a non-empty list of {text, label} objects", field="segments")
+    out = []
+    for i, segment in enumerate(segments, start=1):
+        if not (isinstance(segment, dict) and isinstance(segment.get("text"), str)):
+            raise record.error(f"segment {i} needs a 'text'", field="segments")
+        out.append({"text": segment["text"], "train": bool(segment.get("label", True))})
+    if not any(s["train"] for s in out):
+        raise record.error("no segment has label true: nothing to learn from", field="segments")
+    return {"segments": out}
+
+
 def classification_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
-    """Text column(s) joined by newlines, and the label(s) as text.
+    """Text column(s) and the label(s) as text; two text columns are a sentence pair.
 
     A list in the label column, or a string split by ``dataset.label_delimiter``, makes a multi-label row.
     """
     ds = cfg.dataset
-    text = "\n".join(cell_text(record, column) for column in ds.prompt_column)
+    texts = [cell_text(record, column) for column in ds.prompt_column]
+    example: dict[str, Any] = {"text": texts[0] if len(texts) == 2 else "\n".join(texts)}
+    if len(texts) == 2:
+        example["text_pair"] = texts[1]
     if ds.label_column in record.data and isinstance(record.data[ds.label_column], list):
         labels = [str(v).strip() for v in record.data[ds.label_column] if str(v).strip()]
-        return {"text": text, "label": sorted(set(labels))}
+        return example | {"label": sorted(set(labels))}
     label = cell_text(record, ds.label_column).strip()
     if ds.label_delimiter:
-        return {"text": text, "label": sorted({p.strip() for p in label.split(ds.label_delimiter) if p.strip()})}
+        return example | {"label": sorted({p.strip() for p in label.split(ds.label_delimiter) if p.strip()})}
     if not label:
         raise record.error("label is empty", field=ds.label_column, hint="every row needs a label")
-    return {"text": text, "label": label}
+    return example | {"label": label}
 
 
-# ---------------------------------------------------------------------------------------------------------- preference
-HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
-
-
-def parse_hh_dialogue(text: str) -> list[dict[str, str]]:
-    """Messages of an Anthropic HH dialogue ``\\n\\nHuman: ...\\n\\nAssistant: ...``."""
-    parts = HH_TURN.split(text)
-    messages = []
-    for i in range(1, len(parts) - 1, 2):
-        messages.append({"role": "user" if parts[i] == "Human" else "assistant", "content": parts[i + 1].strip()})
-    return messages
-
-
-def split_shared_prefix(chosen: str, rejected: str) -> tuple[str, str, str] | None:
-    """HH style: two whole dialogues sharing everything up to the last assistant turn.
-
-    Returns:
-        (shared prompt ending with "Assistant:", chosen answer, rejected answer), or None when they share no
-        assistant marker.
-    """
-    marker = "\n\nAssistant:"
-    cut = chosen.rfind(marker)
-    while cut != -1:
-        prefix = chosen[: cut + len(marker)]
-        if rejected.startswith(prefix):
-            return prefix, chosen[len(prefix) :].strip(), rejected[len(prefix) :].strip()
-        cut = chosen.rfind(marker, 0, cut)
-    return None
-
-
-def preference_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
-    """Preference pairs: prompt/chosen/rejected as strings or message lists, or HH whole dialogues."""
-    ds = cfg.dataset
-    for column in (ds.chosen_column, ds.rejected_column):
-        if column not in record.data:
-            raise record.error(f"column '{column}' not found", field=column)
-    chosen, rejected = record.data[ds.chosen_column], record.data[ds.rejected_column]
-    if isinstance(chosen, list) and isinstance(rejected, list):
-        c = _message_list(record, ds.chosen_column, chosen, "role", "content")
-        r = _message_list(record, ds.rejected_column, rejected, "role", "content")
-        if ds.prompt_column[0] in record.data and record.data[ds.prompt_column[0]] is not None:
-            prompt = _prompt_messages(record, cfg)
-        else:  # whole conversations: the shared leading turns are the prompt
-            shared = 0
-            while shared < min(len(c), len(r)) - 1 and c[shared] == r[shared]:
-                shared += 1
-            prompt = c[:shared]
-            c, r = c[shared:], r[shared:]
-        return _pair(
-            record,
-            cfg,
-            prompt,
-            _last_assistant(record, ds.chosen_column, c),
-            _last_assistant(record, ds.rejected_column, r),
-        )
-    chosen_text = cell_text(record, ds.chosen_column)
-    rejected_text = cell_text(record, ds.rejected_column)
-    if ds.prompt_column[0] in record.data and record.data[ds.prompt_column[0]] is not None:
-        return _pair(record, cfg, _prompt_messages(record, cfg), chosen_text, rejected_text)
-    split = split_shared_prefix(chosen_text, rejected_text)
-    if split is None:
-        raise record.error(
-            "chosen and rejected share no prompt and there is no prompt column",
-            field=ds.prompt_column[0],
-            hint="give a prompt column, or whole dialogues that differ only in the last answer",
-        )
-    prefix, chosen_answer, rejected_answer = split
-    prompt = parse_hh_dialogue(prefix + " ")
-    if prompt and prompt[-1]["role"] == "assistant" and not prompt[-1]["content"]:
-        prompt = prompt[:-1]
-    return _pair(record, cfg, prompt, chosen_answer, rejected_answer)
-
-
-def _prompt_messages(record: Record, cfg: RunConfig) -> list[dict[str, str]]:
-    value = record.data[cfg.dataset.prompt_column[0]]
-    if isinstance(value, list):
-        return _message_list(record, cfg.dataset.prompt_column[0], value, "role", "content")
-    return [*_system(record, cfg), {"role": "user", "content": cell_text(record, cfg.dataset.prompt_column[0])}]
-
-
-def _last_assistant(record: Record, field: str, messages: list[dict[str, str]]) -> str:
-    if not messages or messages[-1]["role"] != "assistant":
-        raise record.error("must end with an assistant message", field=field)
-    return messages[-1]["content"]
-
-
-def _pair(record: Record, cfg: RunConfig, prompt: list[dict[str, str]], chosen: str, rejected: str) -> dict[str, Any]:
-    if not prompt:
-        raise record.error("the preference pair has no prompt", field=cfg.dataset.prompt_column[0])
-    return {"prompt": with_default_system(prompt, cfg), "chosen": chosen, "rejected": rejected}
-
-
-# ---------------------------------------------------------------------------------------------------------- detection
-def detect_format(record: Record, cfg: RunConfig) -> str:
-    """The format of a record, from its fields (``dataset.format: auto``)."""
-    keys = set(record.data)
-    ds = cfg.dataset
-    if cfg.problem_type in ("classification", "regression"):
-        return "classification"
-    if ds.chosen_column in keys and ds.rejected_column in keys:
-        return "preference"
-    if ds.messages_column in keys:
-        return "messages"
-    if "conversations" in keys:
-        return "sharegpt"
-    if {ds.id_column, ds.parent_id_column} <= keys:
-        return "h2o_multiturn"
-    configured = set(ds.prompt_column) | {ds.answer_column}
-    if {"instruction", "output"} <= keys and ("input" in keys or not configured <= keys):
-        return "alpaca"
-    if configured <= keys:
-        return "columns"
-    if ds.text_column in keys and ds.answer_column not in keys:
-        return "text"
-    return "columns"  # reading the row will name the missing column
+def prompt_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
+    """TRL's prompt-only rows: the prompt, as text or messages, and no answer."""
+    messages = prompt_messages(record, cfg)
+    if not messages:
+        raise record.error("the row has no prompt", field=cfg.dataset.prompt_column[0])
+    return {"messages": with_default_system(messages, cfg), "reference": None}
 
 
 BUILDERS: dict[str, Callable[[Record, RunConfig], dict[str, Any]]] = {
@@ -312,13 +160,81 @@ BUILDERS: dict[str, Callable[[Record, RunConfig], dict[str, Any]]] = {
     "messages": messages_example,
     "sharegpt": sharegpt_example,
     "text": text_example,
+    "input_output": segments_example,
     "classification": classification_example,
     "preference": preference_example,
+    "unpaired_preference": unpaired_example,
+    "prompt_only": prompt_example,
+    "stepwise": stepwise_example,
 }
 
 
+# ---------------------------------------------------------------------------------------------------------- detection
+def detect_format(record: Record, cfg: RunConfig) -> str:
+    """The format of one record (``dataset.format: auto``); files are detected from a sample (``detect_source``)."""
+    return _for_problem(detect_shape([record], cfg), cfg).format
+
+
+def _for_problem(detection: Detection, cfg: RunConfig) -> Detection:
+    """Problem types that train on labelled rows read every file as text and label columns."""
+    if "labelled" in PROBLEM_DATA_KINDS[cfg.problem_type] and detection.format != "classification":
+        return Detection("classification", "text and label columns")
+    return detection
+
+
+def detect_source(source: Any, cfg: RunConfig) -> Detection:
+    """The shape of a data source, from its first rows."""
+    sample = list(islice(iter_records(source, text_mode=cfg.dataset.text_mode), SAMPLE_ROWS))
+    return _for_problem(detect_shape(sample, cfg), cfg)
+
+
+def apply_detection(detection: Detection, cfg: RunConfig) -> list[str]:
+    """Set the columns detection picked on ``cfg.dataset`` (so the run records them); the notes to show."""
+    for name, value in detection.columns.items():
+        setattr(cfg.dataset, name, value)
+    if not detection.columns:
+        return []
+    fields = ", ".join(f"dataset.{k}" for k in detection.columns)
+    return [f"detected {detection.title}: using {detection.describe_columns()} (set {fields} to choose others)"]
+
+
+def unsuitable(detection: Detection, cfg: RunConfig) -> str | None:
+    """Why ``cfg.problem_type`` cannot train on data of this shape, or None when it can."""
+    if detection.kind in PROBLEM_DATA_KINDS[cfg.problem_type]:
+        return None
+    suits = detection.problem_types()
+    what = f"this data is {detection.title} ({KIND_TITLES[detection.kind]})"
+    if not suits:
+        return (
+            f"{what}, which no problem type trains on yet: it needs a preference loss that takes unpaired data (KTO)"
+            if detection.kind == "unpaired"
+            else f"{what}, which no problem type trains on yet (stepwise supervision trains process reward models)"
+        )
+    return f"{what}, which {cfg.problem_type} cannot train on; it suits problem_type {' or '.join(suits)}"
+
+
+def resolve_data(cfg: RunConfig) -> list[str]:
+    """Before any data work: detect the training data's shape, fill in undetermined columns, and use a saved
+    DatasetDict's validation (or test) split for validation. Returns the notes to show the user."""
+    from tunelab.data.readers import saved_dataset_splits
+
+    ds, notes = cfg.dataset, []
+    source = ds.train_dataframe
+    if isinstance(source, str) and ds.validation_strategy == "automatic" and not ds.validation_dataframe:
+        splits = saved_dataset_splits(source)
+        held = next((s for s in ("validation", "valid", "dev", "test") if s in splits), None)
+        if splits and held:
+            train = "train" if "train" in splits else splits[0]
+            ds.train_dataframe = f"{source}@{train}"
+            ds.validation_strategy, ds.validation_dataframe = "custom", f"{source}@{held}"
+            notes.append(f"{source} is a saved DatasetDict: training on its '{train}' split, validating on '{held}'")
+    if ds.format == "auto" and ds.train_dataframe:
+        notes += apply_detection(detect_source(ds.train_dataframe, cfg), cfg)
+    return notes
+
+
 class ExampleReader:
-    """Reads a data source as canonical examples of one format (detected from the first record when 'auto').
+    """Reads a data source as canonical examples of one format (detected from the first rows when 'auto').
 
     Args:
         cfg: the run config.
@@ -329,36 +245,47 @@ class ExampleReader:
         self.cfg = cfg
         self.source = source
         self.format = cfg.dataset.format
+        self.detection: Detection | None = None
+        self.notes: list[str] = []
         self._chains: dict[str, tuple[str | None, str, str]] | None = None
 
     def records(self) -> Iterator[Record]:
         return iter_records(self.source, text_mode=self.cfg.dataset.text_mode)
 
-    def __iter__(self) -> Iterator[tuple[Record, dict[str, Any]]]:
-        for record in self.records():
+    def detect(self) -> Detection:
+        """The shape of the source (and the columns it implies, set on the config)."""
+        if self.detection is None:
             if self.format == "auto":
-                self.format = detect_format(record, self.cfg)
-                self._check_pairs(record)
+                self.detection = detect_source(self.source, self.cfg)
+                self.notes = apply_detection(self.detection, self.cfg)
+            else:
+                self.detection = Detection(self.format, f"dataset.format '{self.format}'")
+            self.format = self.detection.format
+        return self.detection
+
+    def __iter__(self) -> Iterator[tuple[Record, dict[str, Any]]]:
+        checked = False
+        for record in self.records():
+            if not checked:
+                reason = unsuitable(self.detect(), self.cfg)
+                if reason:
+                    raise record.error(reason, field="problem_type", hint=self._hint())
+                checked = True
             yield record, self.example(record)
 
-    def _check_pairs(self, record: Record) -> None:
-        """Reward models and DPO train on preference pairs: other data is refused naming the columns it has."""
-        cfg, ds = self.cfg, self.cfg.dataset
-        if cfg.problem_type in ("reward", "dpo") and self.format != "preference":
-            raise record.error(
-                f"{cfg.problem_type} trains on preference pairs, and this row has no '{ds.chosen_column}' and "
-                f"'{ds.rejected_column}' columns (columns are: {', '.join(list(record.data)[:12])})",
-                field=ds.chosen_column,
-                hint="set dataset.chosen_column and dataset.rejected_column",
-            )
+    def _hint(self) -> str:
+        others = ", ".join(self.detection.others) if self.detection and self.detection.others else ""
+        hint = "set problem_type to one that suits the data"
+        return hint + (f", or dataset.format to read it as {others}" if others else "")
 
     def example(self, record: Record) -> dict[str, Any]:
-        if self.cfg.problem_type == "rl":  # online RL samples its own answers: prompts (and references) only
-            return prompt_only_example(record, self.cfg)
+        kind = FORMAT_KINDS.get(self.format, "conversation")
+        if "prompt" in PROBLEM_DATA_KINDS[self.cfg.problem_type]:  # online RL samples its own answers
+            return prompt_only_example(record, self.cfg, self.format)
         if self.format == "h2o_multiturn":
             return self._chained(record)
         example = BUILDERS[self.format](record, self.cfg)
-        if self.format == "preference" and self.cfg.problem_type == "causal_lm":
+        if kind == "pair" and "conversation" in PROBLEM_DATA_KINDS[self.cfg.problem_type]:
             # Supervised fine-tuning on preference data trains on the chosen answers (the first step of RLHF).
             return {"messages": [*example["prompt"], {"role": "assistant", "content": example["chosen"]}]}
         return example
@@ -386,21 +313,28 @@ def check_file(source: Any, cfg: RunConfig) -> tuple[int, str]:
     return count, reader.format
 
 
-def prompt_only_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
-    """A record for prediction: the prompt (all turns before the answer); the answer/label as reference if present."""
+def prompt_only_example(record: Record, cfg: RunConfig, fmt: str = "auto") -> dict[str, Any]:
+    """A record for prediction or online RL: the prompt (every turn before the answer), and the answer or label as
+    the reference when the row has one."""
     ds = cfg.dataset
-    if cfg.problem_type in ("classification", "regression"):
-        text = "\n".join(cell_text(record, column) for column in ds.prompt_column)
-        reference = cell_text(record, ds.label_column, required=False) if ds.label_column in record.data else None
-        return {"text": text, "reference": reference}
-    fmt = ds.format if ds.format != "auto" else detect_format(record, cfg)
-    if fmt == "preference":
+    fmt = fmt if fmt != "auto" else ds.format if ds.format != "auto" else detect_format(record, cfg)
+    kind = FORMAT_KINDS.get(fmt, "conversation")
+    if kind == "labelled":
+        example = classification_example(record, cfg) if ds.label_column in record.data else None
+        if example is None:
+            texts = [cell_text(record, column) for column in ds.prompt_column]
+            example = {"text": texts[0], "text_pair": texts[1]} if len(texts) == 2 else {"text": "\n".join(texts)}
+        reference = example.pop("label", None)
+        return example | {"reference": reference if not isinstance(reference, list) else "|".join(reference)}
+    if kind == "pair":
         pair = preference_example(record, cfg)
-        if cfg.problem_type == "reward":  # score both answers
+        if cfg.problem_type == "reward":  # a reward model scores both answers
             return pair
         return {"messages": pair["prompt"], "reference": pair["chosen"]}
+    if kind in ("prompt", "stepwise", "unpaired"):
+        return {"messages": with_default_system(prompt_messages(record, cfg) or [], cfg), "reference": None}
     if cfg.problem_type == "reward":  # a prompt and one answer to score
-        if fmt not in BUILDERS or fmt in ("text", "h2o_multiturn"):
+        if kind != "conversation" or fmt == "h2o_multiturn":
             raise record.error(
                 "a reward model scores a prompt and an answer, or a preference pair",
                 field=ds.answer_column,
@@ -411,8 +345,10 @@ def prompt_only_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
     if fmt in ("messages", "sharegpt", "alpaca") or (fmt == "columns" and ds.answer_column in record.data):
         messages = BUILDERS[fmt](record, cfg)["messages"]
         return {"messages": messages[:-1], "reference": messages[-1]["content"]}
+    if kind in ("text", "segments"):
+        raise record.error("raw text has no prompt to answer", hint="give prompt rows (a prompt column or messages)")
     prompt = "\n".join(cell_text(record, column) for column in ds.prompt_column)
-    return {"messages": [*_system(record, cfg), {"role": "user", "content": prompt}], "reference": None}
+    return {"messages": [*system_messages(record, cfg), {"role": "user", "content": prompt}], "reference": None}
 
 
 def require(condition: bool, what: str, **where: Any) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from tunelab.config import RunConfig
 from tunelab.data.chains import ParentAugmenter, augments_parents, keep_conversation_ends
-from tunelab.data.formats import ExampleReader
+from tunelab.data.formats import ExampleReader, resolve_data
 from tunelab.data.personalize import personalize_example
 from tunelab.data.readers import Record, expand_sources, iter_records
 from tunelab.data.split import sample_indices, split_indices
@@ -197,10 +197,13 @@ def build_splits(cfg: RunConfig, problem: Any, use_cache: bool = True) -> DataSp
             field="dataset.train_dataframe",
             hint="set dataset.train_dataframe to a CSV/JSONL/Parquet file",
         )
+    # Detection first: the columns it picks are part of the cache key and of the run's recorded config.
+    notes = resolve_data(cfg)
     key = cache_key(cfg, problem.tokenizer) if use_cache else None
     if key is not None:
         cached = load_cached(key, problem)
         if cached is not None:
+            cached.info["notes"] = notes
             return cached
     started = time.perf_counter()
     plan = plan_split(cfg, problem)
@@ -232,6 +235,7 @@ def build_splits(cfg: RunConfig, problem: Any, use_cache: bool = True) -> DataSp
         "deduplicated": removed,
         "tokenize_seconds": round(time.perf_counter() - started, 3),
         "cached": False,
+        "notes": notes,
     }
     if test is not None:
         info["test_rows"] = len(test)
@@ -372,7 +376,9 @@ def validation_data(cfg: RunConfig, problem: Any, path: str | None = None) -> tu
 
 def read_prompts(path: str, cfg: RunConfig) -> tuple[list[Record], list[dict[str, Any]]]:
     """Records and prompt-only examples for prediction (answer/label used as reference when present)."""
-    from tunelab.data.formats import prompt_only_example
+    from tunelab.data.formats import _for_problem, prompt_only_example
+    from tunelab.data.shapes import detect_shape
 
     records = list(iter_records(path, text_mode=cfg.dataset.text_mode))
-    return records, [prompt_only_example(record, cfg) for record in records]
+    fmt = cfg.dataset.format if cfg.dataset.format != "auto" else _for_problem(detect_shape(records[:200], cfg), cfg).format
+    return records, [prompt_only_example(record, cfg, fmt) for record in records]

@@ -7,14 +7,24 @@ exactly the ids a generation call starts from.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunelab.config import RunConfig
+from tunelab.data.messages import is_trained, message_text
 from tunelab.errors import DataError
 
 IGNORE_INDEX = -100
+
+
+def _tools_in_system(messages: list[dict[str, Any]], tools: list[dict]) -> list[dict[str, Any]]:
+    """Tool definitions written into the system prompt, for templates (and plain text) that take no tools."""
+    text = "You can call these tools:\n" + json.dumps([t.get("function", t) for t in tools], ensure_ascii=False)
+    if messages and messages[0]["role"] == "system":
+        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{text}"}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
 
 BUILTIN_TEMPLATES = {
     "chatml": (
@@ -35,6 +45,14 @@ BUILTIN_TEMPLATES = {
         "{% elif message['role'] == 'user' %}{{ '### Instruction:\\n' + message['content'] + '\\n\\n' }}"
         "{% else %}{{ '### Response:\\n' + message['content'] + eos_token + '\\n\\n' }}{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"
+    ),
+    # The fallback for tokenizers without a template (base models: pythia, gpt2): "User: ...", then
+    # "Assistant: ..." ended by EOS; a system prompt comes first, followed by a blank line.
+    "plain": (
+        "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
+        "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\\n' }}"
+        "{% else %}{{ 'Assistant: ' + message['content'] + (eos_token or '') + '\\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
     ),
 }
 
@@ -63,9 +81,20 @@ def resolve_chat_template(name: str) -> str:
 
 
 def apply_template_setting(cfg: RunConfig, tokenizer: Any) -> None:
-    """Install ``dataset.chat_template`` on the tokenizer, so it is saved with the run and used everywhere after."""
-    if cfg.dataset.chat_template:
-        tokenizer.chat_template = resolve_chat_template(cfg.dataset.chat_template)
+    """Install ``dataset.chat_template`` on the tokenizer, so it is saved with the run and used everywhere after.
+
+    With ``use_chat_template: auto``, a tokenizer that has no template of its own gets the built-in ``plain`` one,
+    unless the H2O-style text fields (``text_prompt_start``, ``text_answer_separator``) say how to render instead.
+    """
+    ds = cfg.dataset
+    if ds.chat_template:
+        tokenizer.chat_template = resolve_chat_template(ds.chat_template)
+    elif (
+        ds.use_chat_template == "auto"
+        and not getattr(tokenizer, "chat_template", None)
+        and not (ds.text_prompt_start or ds.text_answer_separator)
+    ):
+        tokenizer.chat_template = BUILTIN_TEMPLATES["plain"]
 
 
 @dataclass
@@ -103,23 +132,55 @@ class PromptRenderer:
         self.eos = tokenizer.eos_token or ""
         self.eos_id = tokenizer.eos_token_id
 
+    # ------------------------------------------------------------------ tools
+    def _template_messages(self, messages: list[dict[str, Any]], tools: list[dict] | None) -> list[dict[str, Any]]:
+        """Messages as the chat template can take them: tool calls and tool results kept where the template's text
+        handles them, else written out as plain text; tool definitions folded into the system prompt when the
+        template takes none. Bookkeeping keys (``train``) are dropped."""
+        template = self.tokenizer.chat_template if isinstance(self.tokenizer.chat_template, str) else ""
+        out = []
+        for message in messages:
+            clean: dict[str, Any] = {"role": message["role"], "content": message["content"]}
+            if message.get("tool_calls"):
+                if "tool_calls" in template:
+                    clean["tool_calls"] = message["tool_calls"]
+                else:
+                    clean["content"] = message_text(message)
+            if message["role"] == "tool" and "tool" not in template:
+                clean = {"role": "user", "content": f"Tool result:\n{message['content']}"}
+            out.append(clean)
+        if tools and "tools" not in template:
+            out = _tools_in_system(out, tools)
+        return out
+
+    def _apply(self, messages: list[dict[str, Any]], tools: list[dict] | None, **kwargs: Any) -> str:
+        template = self.tokenizer.chat_template if isinstance(self.tokenizer.chat_template, str) else ""
+        extra = {"tools": tools} if tools and "tools" in template else {}
+        return self.tokenizer.apply_chat_template(
+            self._template_messages(messages, tools), tokenize=False, **extra, **kwargs
+        )
+
     # ------------------------------------------------------------------ text
-    def prompt_text(self, messages: list[dict[str, str]]) -> str:
+    def prompt_text(self, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> str:
         """Everything the model sees before it starts answering (``messages`` ends with a user turn)."""
         if self.use_template:
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return "".join(text for text, _ in self._plain_segments(messages))
+            return self._apply(messages, tools, add_generation_prompt=True)
+        return "".join(text for text, _ in self._plain_segments(messages, tools))
 
-    def _plain_segments(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+    def _plain_segments(self, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> list[tuple[str, bool]]:
         ds = self.cfg.dataset
         out = []
+        if tools:
+            messages = _tools_in_system(messages, tools)
         for message in messages:
             if message["role"] == "system":
                 out.append((message["content"] + (self.eos if ds.add_eos_token_to_system else "\n"), False))
-            elif message["role"] == "user":
+            elif message["role"] in ("user", "tool"):
+                prefix = "Tool result:\n" if message["role"] == "tool" else ""
                 out.append(
                     (
                         ds.text_prompt_start
+                        + prefix
                         + message["content"]
                         + (self.eos if ds.add_eos_token_to_prompt else "")
                         + ds.text_answer_separator,
@@ -127,32 +188,33 @@ class PromptRenderer:
                     )
                 )
             else:
-                out.append((message["content"] + (self.eos if ds.add_eos_token_to_answer else ""), True))
+                text = message_text(message) + (self.eos if ds.add_eos_token_to_answer else "")
+                out.append((text, is_trained(message)))
         return out
 
-    def segments(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+    def segments(self, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> list[tuple[str, bool]]:
         """(text, is_answer) pieces whose concatenation is the rendered conversation."""
         if not self.use_template:
-            return self._plain_segments(messages)
+            return self._plain_segments(messages, tools)
         out: list[tuple[str, bool]] = []
         done = ""
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            prompt = self.prompt_text(messages[:i])
-            full = self.tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+            prompt = self.prompt_text(messages[:i], tools)
+            full = self._apply(messages[: i + 1], tools)
             if not (prompt.startswith(done) and full.startswith(prompt)):
                 # The template rewrites earlier turns once later ones follow: only the last answer can be
                 # rendered exactly as inference will see it.
-                return self._last_turn_segments(messages)
+                return self._last_turn_segments(messages, tools)
             answer = self._turn_end(full[len(prompt) :])
-            out += [(prompt[len(done) :], False), (answer, True)]
+            out += [(prompt[len(done) :], False), (answer, is_trained(message))]
             done = prompt + answer
         return out
 
-    def _last_turn_segments(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
-        prompt = self.prompt_text(messages[:-1])
-        full = self.tokenizer.apply_chat_template(messages, tokenize=False)
+    def _last_turn_segments(self, messages: list[dict[str, Any]], tools: list[dict] | None) -> list[tuple[str, bool]]:
+        prompt = self.prompt_text(messages[:-1], tools)
+        full = self._apply(messages, tools)
         answer = full[len(prompt) :] if full.startswith(prompt) else messages[-1]["content"]
         return [(prompt, False), (self._turn_end(answer), True)]
 
@@ -189,14 +251,14 @@ class PromptRenderer:
         start = len(ids) - (limit - keep)
         return ids[:keep] + ids[start:], labels[:keep] + labels[start:]
 
-    def render(self, messages: list[dict[str, str]]) -> Rendered:
+    def render(self, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> Rendered:
         """Token ids and labels for a conversation whose last turn is an assistant answer.
 
         Everything before the last answer counts as the prompt for the length limits: it is cut from the left, the
         last answer from the right, and the prompt gives way first when the total is too long.
         """
         tok, ds = self.cfg.tokenizer, self.cfg.dataset
-        pieces = self.segments(messages)
+        pieces = self.segments(messages, tools)
         last_answer = max(i for i, (_, is_answer) in enumerate(pieces) if is_answer)
         ids: list[int] = []
         labels: list[int] = []
@@ -219,6 +281,25 @@ class PromptRenderer:
             len(answer) < len(answer_full),
             bool(answer_full) and answer_full[-1] == self.eos_id,
         )
+
+    def render_segments(self, segments: list[dict[str, Any]]) -> Rendered:
+        """Axolotl's input_output rows: each segment tokenised on its own and trained where its flag says, cut to
+        ``tokenizer.max_length``; no template, and no tokens added except EOS after a trained last segment (with
+        ``dataset.add_eos_token_to_answer``)."""
+        ids: list[int] = []
+        labels: list[int] = []
+        for segment in segments:
+            part = self.tokenizer(segment["text"], add_special_tokens=False)["input_ids"]
+            ids += part
+            labels += part if segment["train"] else [IGNORE_INDEX] * len(part)
+        if self.cfg.dataset.add_eos_token_to_answer and self.eos_id is not None and segments[-1]["train"]:
+            if not ids or ids[-1] != self.eos_id:  # so the model learns to stop, as every other shape does
+                ids, labels = ids + [self.eos_id], labels + [self.eos_id]
+        limit = self.cfg.tokenizer.max_length
+        trained = sum(1 for x in labels if x != IGNORE_INDEX)
+        ids, labels = ids[:limit], labels[:limit]
+        kept = sum(1 for x in labels if x != IGNORE_INDEX)
+        return Rendered(ids, labels, len(ids) - kept, kept, kept < trained, bool(ids) and ids[-1] == self.eos_id)
 
     def render_text(self, text: str) -> list[list[int]]:
         """Raw text for continued pre-training: EOS appended, every token trained, split into max_length chunks."""

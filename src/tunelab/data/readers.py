@@ -87,6 +87,10 @@ def iter_records(source: str | os.PathLike | list[str] | tuple[str, ...], text_m
 
 def _iter_one(name: str, text_mode: str) -> Iterator[Record]:
     path = Path(name)
+    folder, _, split = name.rpartition("@")
+    if not path.exists() and folder and Path(folder).is_dir():
+        yield from _iter_saved_dataset(Path(folder), name, split)
+        return
     if not path.exists():
         if is_hub_name(name):
             yield from _iter_hub(name)
@@ -300,8 +304,19 @@ def _iter_text(path: Path, name: str, text_mode: str = "line", **_: Any) -> Iter
             raise _decode_error(name, exc, line + 1) from None
 
 
-def _iter_saved_dataset(path: Path, name: str) -> Iterator[Record]:
-    """A folder written by ``datasets.save_to_disk`` (a Dataset, or a DatasetDict's 'train' split)."""
+def saved_dataset_splits(source: str) -> list[str]:
+    """The split names of a folder written by ``DatasetDict.save_to_disk`` (empty for anything else)."""
+    path = Path(source) / "dataset_dict.json"
+    try:
+        splits = json.loads(path.read_text(encoding="utf-8")).get("splits", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [str(s) for s in splits] if isinstance(splits, list) else []
+
+
+def _iter_saved_dataset(path: Path, name: str, split: str = "") -> Iterator[Record]:
+    """A folder written by ``datasets.save_to_disk``: a Dataset, or one split of a DatasetDict (``folder@split``;
+    'train' by default)."""
     if not ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
         raise DataError(
             "a folder must be one saved by datasets.save_to_disk",
@@ -315,8 +330,13 @@ def _iter_saved_dataset(path: Path, name: str) -> Iterator[Record]:
     except Exception as exc:  # datasets raises many types for a broken folder
         raise DataError(f"could not read the saved dataset ({type(exc).__name__}: {exc})", file=name) from None
     if isinstance(loaded, datasets.DatasetDict):
-        split = "train" if "train" in loaded else next(iter(loaded))
-        loaded = loaded[split]
+        if split and split not in loaded:
+            raise DataError(
+                f"the saved DatasetDict has no split '{split}'", file=name, hint=f"its splits: {', '.join(loaded)}"
+            )
+        loaded = loaded[split or ("train" if "train" in loaded else next(iter(loaded)))]
+    elif split:
+        raise DataError(f"the saved dataset has no splits (asked for '{split}')", file=name)
     yield from _iter_dataset_rows(loaded, name)
 
 

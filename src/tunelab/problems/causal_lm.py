@@ -118,7 +118,13 @@ class CausalLMProblem:
                     empty=False,
                 )
             return
-        rendered = self.renderer.render(example["messages"])
+        if "segments" in example:  # Axolotl input_output: trained where each segment says
+            rendered = self.renderer.render_segments(example["segments"])
+            empty = not any(s["text"].strip() for s in example["segments"] if s["train"])
+        else:
+            rendered = self.renderer.render(example["messages"], example.get("tools"))
+            last = example["messages"][-1]
+            empty = not (last["content"].strip() or last.get("tool_calls"))
         builder.add(
             rendered.input_ids,
             row,
@@ -127,7 +133,7 @@ class CausalLMProblem:
             answer_length=rendered.answer_length,
             truncated=rendered.answer_truncated,
             ends_eos=rendered.ends_with_eos,
-            empty=not example["messages"][-1]["content"].strip(),
+            empty=empty,
         )
 
     def collate(

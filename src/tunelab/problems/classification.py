@@ -44,6 +44,11 @@ def sort_labels(labels: set[str]) -> list[str]:
         return sorted(labels)
 
 
+def shown_text(example: dict[str, Any]) -> str:
+    """The text of a row as a report shows it (a sentence pair on two lines)."""
+    return example["text"] + (f"\n{example['text_pair']}" if example.get("text_pair") is not None else "")
+
+
 @PROBLEMS.register("classification")
 class ClassificationProblem:
     """Text classification with a classification head on an encoder or a decoder backbone."""
@@ -112,14 +117,18 @@ class ClassificationProblem:
             hot[self.class_index[name]] = 1.0
         return hot
 
-    def _ids(self, text: str) -> tuple[list[int], bool]:
+    def _ids(self, text: str, pair: str | None = None) -> tuple[list[int], bool]:
+        """Token ids of a text, or of a sentence pair: the tokenizer's own pair encoding where it has a separator
+        token (BERT-style [SEP]), else the two texts on two lines."""
+        if pair is not None and not self.tokenizer.sep_token:
+            text, pair = f"{text}\n{pair}", None
         ids = self.tokenizer(
-            text, truncation=True, max_length=self.cfg.tokenizer.max_length, return_overflowing_tokens=False
+            text, pair, truncation=True, max_length=self.cfg.tokenizer.max_length, return_overflowing_tokens=False
         )["input_ids"]
         return ids, len(ids) >= self.cfg.tokenizer.max_length
 
     def encode(self, example: dict[str, Any], builder: SplitBuilder, row: int, record: Record) -> None:
-        ids, truncated = self._ids(example["text"])
+        ids, truncated = self._ids(example["text"], example.get("text_pair"))
         label = example["label"]
         builder.add(
             ids,
@@ -190,7 +199,7 @@ class ClassificationProblem:
             metrics.update(custom_metrics(self.cfg, [self._names(p) for p in probs], [ex["label"] for ex in examples]))
             rows = [
                 {
-                    "prompt": ex["text"],
+                    "prompt": shown_text(ex),
                     "reference": "|".join(ex["label"]),
                     "prediction": self._names(p),
                     "score": float(((p >= 0.5) == (t > 0.5)).all()),
@@ -205,7 +214,7 @@ class ClassificationProblem:
         metrics.update(custom_metrics(self.cfg, [self.classes[g] for g in guesses], [self.classes[t] for t in targets]))
         rows = [
             {
-                "prompt": ex["text"],
+                "prompt": shown_text(ex),
                 "reference": self.classes[t],
                 "prediction": self.classes[g],
                 "score": float(g == t),
@@ -222,7 +231,7 @@ class ClassificationProblem:
     def predict(self, model: Any, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         builder = SplitBuilder()
         for i, ex in enumerate(examples):
-            builder.add(self._ids(ex["text"])[0], i + 1, target=[0.0] * len(self.classes) if self.multi_label else 0)
+            builder.add(self._ids(ex["text"], ex.get("text_pair"))[0], i + 1, target=[0.0] * len(self.classes) if self.multi_label else 0)
         probs = self.probabilities(model, builder.build())
         out = []
         for p in probs:
@@ -292,7 +301,7 @@ class RegressionProblem(ClassificationProblem):
         return (self._number(label, "", record) - mean) / std
 
     def encode(self, example: dict[str, Any], builder: SplitBuilder, row: int, record: Record) -> None:
-        ids, truncated = self._ids(example["text"])
+        ids, truncated = self._ids(example["text"], example.get("text_pair"))
         builder.add(
             ids,
             row,
@@ -333,7 +342,7 @@ class RegressionProblem(ClassificationProblem):
         metrics = {"loss": float(scaled) / max(len(truth), 1), **compute_regression_metrics(truth, predicted)}
         metrics.update(custom_metrics(self.cfg, predicted.tolist(), truth.tolist()))
         rows = [
-            {"prompt": ex["text"], "reference": float(t), "prediction": float(p), "score": -abs(float(p - t))}
+            {"prompt": shown_text(ex), "reference": float(t), "prediction": float(p), "score": -abs(float(p - t))}
             for ex, p, t in zip(examples, predicted, truth)
         ]
         return EvalResult(metrics, rows)
@@ -341,7 +350,7 @@ class RegressionProblem(ClassificationProblem):
     def predict(self, model: Any, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         builder = SplitBuilder()
         for i, ex in enumerate(examples):
-            builder.add(self._ids(ex["text"])[0], i + 1, target=[0.0])
+            builder.add(self._ids(ex["text"], ex.get("text_pair"))[0], i + 1, target=[0.0])
         return [{"prediction": float(v)} for v in self.values(model, builder.build())]
 
     def save(self, run_dir: Path) -> None:

@@ -151,7 +151,7 @@ class RLProblem(ReferenceModel, CausalLMProblem):
     # ------------------------------------------------------------------ data
     def encode(self, example: dict[str, Any], builder: SplitBuilder, row: int, record: Record) -> None:
         messages = example["messages"]
-        if not messages or messages[-1]["role"] != "user":
+        if not messages or messages[-1]["role"] not in ("user", "tool"):
             raise record.error("an rl prompt must end with a user message", hint="give prompt rows")
         ids = self.renderer.prompt_ids(messages)
         builder.add(

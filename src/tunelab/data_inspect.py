@@ -1,0 +1,90 @@
+"""``tunelab data inspect FILE``: what shape a file has, which problem types can use it, and its rows exactly as the
+model will see them. Works with no config at all: the problem type follows the data unless one is given."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import RunConfig, load_config
+from tunelab.data.shapes import KIND_TITLES, Detection
+
+# The problem type that shows a shape best when the user named none (its own kind, rendered in full).
+SHOWN_AS = {"labelled": "classification", "pair": "dpo", "prompt": "rl", "stepwise": "rl"}
+# rl needs a reward to validate; inspecting renders prompts only, so any reward will do.
+INSPECT_ONLY = {"rl": ["rl.reward_function=tunelab.rewards:length_reward"]}
+
+
+def inspect_config(file: str, config: Path | None, overrides: list[str]) -> tuple[RunConfig, Detection, bool]:
+    """The config to read ``file`` with, its detected shape, and whether a problem type can train on it.
+
+    With no config and no ``problem_type`` override, the problem type is the one that suits the data.
+    """
+    from tunelab.data.formats import detect_source, unsuitable
+
+    cfg = load_config(config, overrides) if config else load_config(overrides=overrides)
+    detection = detect_source(file, cfg)
+    chosen = config is not None or any(o.split("=", 1)[0].strip() == "problem_type" for o in overrides)
+    if not chosen and unsuitable(detection, cfg) and detection.problem_types():
+        problem = SHOWN_AS.get(detection.kind, detection.problem_types()[0])
+        extra = [f"problem_type={problem}", *INSPECT_ONLY.get(problem, [])]
+        cfg = load_config(overrides=[*overrides, *extra])
+        detection = detect_source(file, cfg)
+    return cfg, detection, unsuitable(detection, cfg) is None
+
+
+def print_detection(file: str, cfg: RunConfig, detection: Detection, console: Any) -> None:
+    """The shape, the columns picked, the problem types that can use it and how to force another reading."""
+    console.print(f"[bold]{file}[/]: {detection.title}")
+    console.print(f"  format: {detection.format} ({KIND_TITLES[detection.kind]}); forced with dataset.format")
+    if detection.columns:
+        fields = ", ".join(f"dataset.{k}" for k in detection.columns)
+        console.print(f"  columns detected: {detection.describe_columns()} (set {fields} to choose others)")
+    suits = detection.problem_types()
+    console.print(f"  problem types that can use it: {', '.join(suits) if suits else 'none yet'}")
+    if detection.others:
+        others = ", ".join(f"{o} (--set dataset.format={o})" for o in detection.others)
+        console.print(f"  it can also be read as: {others}")
+    if detection.label_counts:
+        total = sum(detection.label_counts.values())
+        shown = ", ".join(f"{k} {v} ({v / total:.0%})" for k, v in list(detection.label_counts.items())[:12])
+        console.print(f"  labels in the first {total} rows: {shown}")
+
+
+def inspect_file(
+    file: str, config: Path | None, overrides: list[str], rows: int, histogram: Path | None, console: Any
+) -> None:
+    """Print what ``tunelab data inspect`` shows (see the module docstring)."""
+    from tunelab.data.formats import ExampleReader, unsuitable
+    from tunelab.data.inspect import compute_report, print_report, render_row, save_length_histogram
+    from tunelab.data.pipeline import encode_source
+    from tunelab.models.load import load_tokenizer, resolve_backbone
+    from tunelab.problems import build_problem
+
+    cfg, detection, usable = inspect_config(file, config, overrides)
+    print_detection(file, cfg, detection, console)
+    if not usable:
+        reader = ExampleReader(cfg, file)
+        reader.format = detection.format
+        count = 0
+        for record in reader.records():
+            example = reader.example(record) if count < rows else None
+            if example is not None:
+                console.print(f"\n[bold]row {record.position}[/]: " + json.dumps(example, ensure_ascii=False)[:600])
+            count += 1
+        console.print(f"\n{count} rows read. {unsuitable(detection, cfg)}")
+        return
+    console.print(f"  shown as problem_type {cfg.problem_type}\n")
+    tokenizer = load_tokenizer(resolve_backbone(cfg.llm_backbone))
+    problem = build_problem(cfg, tokenizer)
+    reader = ExampleReader(cfg, file)
+    labels = [problem.label_of(ex) for _, ex in reader]
+    problem.fit([x for x in labels if x is not None], file)
+    split, _ = encode_source(file, problem)
+    print_report(compute_report(split, cfg, file, reader.format), console, cfg)
+    for i in range(min(rows, len(split))):
+        console.print(f"\n[bold]row {split.rows[i]}[/] ({split.lengths()[i]} tokens; trained in green, masked dimmed)")
+        console.print(render_row(split, i, tokenizer))
+    if histogram is not None:
+        console.print(f"\nlength histogram: {save_length_histogram(split, cfg, histogram)}")
