@@ -121,7 +121,7 @@ def test_tool_turns_are_trained_and_weight_zero_is_not(tiny_tokenizer_dir):
     from tunelab.models.load import load_tokenizer
 
     tok = load_tokenizer(str(tiny_tokenizer_dir))
-    examples, cfg = read("openai_chat.jsonl")
+    examples, cfg = read("openai_chat.jsonl", tokenizer={"max_length_prompt": 1024, "max_length": 1200})
     renderer = PromptRenderer(cfg, tok)
     for example, untrained_text in ((examples[0], "Let me think."), (examples[1], None)):
         rendered = renderer.render(example["messages"], example.get("tools"))
@@ -211,3 +211,25 @@ def test_each_shape_trains_two_steps_under_each_problem_that_can_use_it(
     info = json.loads((result.run_dir / "run.json").read_text())
     assert result.metrics["after"] and all(v == v for v in result.metrics["after"].values() if isinstance(v, float))
     assert info["train_rows"] == 10 and info["format"] == EXPECTED[name][0], info
+
+
+@pytest.mark.parametrize(
+    "name,needles",
+    [
+        ("llamafactory_sharegpt_preference.json", ["LLaMA-Factory sharegpt preference", "reward, dpo", "shown as "
+                                                   "problem_type dpo", "I do not know item 0."]),
+        ("glue_sst2.tsv", ["text sentence, label label", "labels: 0 6 (50%), 1 6 (50%)", "problem_type classification"]),
+        ("question_answer.jsonl", ["question -> answer", "dataset.answer_column", "format 'columns'"]),
+        ("openai_chat.jsonl", ["OpenAI chat", "with tools", "format 'messages'", "Let me think."]),
+        ("llamafactory_kto.json", ["none yet", "12 rows read", "takes unpaired data (KTO)"]),
+    ],
+)
+def test_data_inspect_needs_no_config(name, needles, tiny_llama, tmp_path):
+    from test_cli import run
+
+    # No config, no column names: only a small backbone instead of the default one, to keep the test fast.
+    proc = run("data", "inspect", SHAPES / name, "--rows", "1", "--set", f"llm_backbone={tiny_llama}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for needle in needles:
+        assert needle in proc.stdout, (needle, proc.stdout)
+    assert not list(tmp_path.iterdir())  # nothing written unasked (no histogram without --histogram)

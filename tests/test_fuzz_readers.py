@@ -108,3 +108,51 @@ def test_damaged_gzip(tmp_path):
         fh.write(b'{"question": "a", "answer": "b"}\n' * 1000)
     path.write_bytes(path.read_bytes()[:200])
     check(path)
+
+
+# ---------------------------------------------------------------------------------------------------------- shapes
+# Rows that look like the shapes other tools write (messages, sharegpt, tools, preference, unpaired, stepwise,
+# segments), with the wrong types in every place: each reads or ends in one TunelabError naming the file.
+message = st.fixed_dictionaries(
+    {},
+    optional={
+        "role": st.sampled_from(["user", "assistant", "system", "tool", "gpt", "human", "function_call", "x"]) | json_values,
+        "from": st.sampled_from(["human", "gpt", "function_call", "observation", "system"]),
+        "content": json_values | st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]),
+                                                                  "text": json_values}), max_size=2),
+        "value": json_values | st.just('{"name": "f", "arguments": {"a": 1}}'),
+        "tool_calls": json_values | st.just([{"type": "function", "function": {"name": "f", "arguments": "{"}}]),
+        "weight": json_values,
+    },
+)
+shaped_value = json_values | st.lists(message, max_size=4) | message | st.lists(
+    st.fixed_dictionaries({}, optional={"text": json_values, "label": json_values}), max_size=3
+)
+shaped_rows = st.dictionaries(
+    st.sampled_from(
+        ["messages", "conversations", "chosen", "rejected", "prompt", "completion", "label", "completions", "labels",
+         "segments", "tools", "instruction", "input", "output", "history", "system", "question", "answer", "text"]
+    ),
+    shaped_value,
+    max_size=5,
+)
+SHAPE_CONFIGS = [
+    load_config(base={}),
+    load_config(base={"problem_type": "dpo"}),
+    load_config(base={"problem_type": "classification"}),
+    load_config(base={"problem_type": "rl", "rl": {"reward_function": "tunelab.rewards:length_reward"}}),
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(shaped_rows, min_size=1, max_size=5), which=st.integers(0, len(SHAPE_CONFIGS) - 1))
+def test_shaped_rows_read_or_fail_in_one_line(rows, which):
+    cfg = SHAPE_CONFIGS[which].model_copy(deep=True)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "shaped.jsonl"
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+        try:
+            for _ in ExampleReader(cfg, path):
+                pass
+        except TunelabError as exc:
+            assert path.name in str(exc) and "\n" not in str(exc), str(exc)

@@ -330,6 +330,31 @@ def config_docs(
     console.print(f"wrote {output}")
 
 
+@config_app.command("import")
+def config_import(
+    source: Path = typer.Argument(..., help="A LLaMA-Factory or Axolotl training YAML, or an H2O LLM Studio cfg.yaml."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the tunelab config."),
+    from_tool: str | None = typer.Option(
+        None, "--from", help="The tool that wrote SOURCE: llamafactory, axolotl or h2o (default: told by its keys)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
+) -> None:
+    """Turn another tool's training config into a tunelab config, listing every field left out and why."""
+    from tunelab.importers import TITLES, import_config, save_imported
+
+    result = import_config(source, from_tool)
+    save_imported(result, source, output, force)
+    console.print(
+        f"wrote {output}: {len(result.fields)} fields from {TITLES[result.source]} ({source}), "
+        f"{len(result.left_out)} left out",
+        markup=False,
+    )
+    for key, why in result.left_out:
+        console.print(f"  left out {key}: {why}", markup=False)
+    for note in result.notes:
+        console.print(f"  note: {note}", markup=False)
+
+
 # ---------------------------------------------------------------------------------------------------------- data
 @data_app.command("check")
 def data_check(

@@ -26,8 +26,9 @@ def inspect_config(file: str, config: Path | None, overrides: list[str]) -> tupl
     cfg = load_config(config, overrides) if config else load_config(overrides=overrides)
     detection = detect_source(file, cfg)
     chosen = config is not None or any(o.split("=", 1)[0].strip() == "problem_type" for o in overrides)
-    if not chosen and unsuitable(detection, cfg) and detection.problem_types():
-        problem = SHOWN_AS.get(detection.kind, detection.problem_types()[0])
+    shown = SHOWN_AS.get(detection.kind) if detection.kind in SHOWN_AS else None
+    if not chosen and detection.problem_types() and (unsuitable(detection, cfg) or shown):
+        problem = shown or detection.problem_types()[0]
         extra = [f"problem_type={problem}", *INSPECT_ONLY.get(problem, [])]
         cfg = load_config(overrides=[*overrides, *extra])
         detection = detect_source(file, cfg)
@@ -37,7 +38,8 @@ def inspect_config(file: str, config: Path | None, overrides: list[str]) -> tupl
 def print_detection(file: str, cfg: RunConfig, detection: Detection, console: Any) -> None:
     """The shape, the columns picked, the problem types that can use it and how to force another reading."""
     console.print(f"[bold]{file}[/]: {detection.title}")
-    console.print(f"  format: {detection.format} ({KIND_TITLES[detection.kind]}); forced with dataset.format")
+    console.print(f"  format: {detection.format}: {KIND_TITLES[detection.kind]} (dataset.format: {detection.format} "
+                  "forces this reading)")
     if detection.columns:
         fields = ", ".join(f"dataset.{k}" for k in detection.columns)
         console.print(f"  columns detected: {detection.describe_columns()} (set {fields} to choose others)")

@@ -267,11 +267,23 @@ class ExampleReader:
         checked = False
         for record in self.records():
             if not checked:
+                if not self.detect().known and not self._configured_columns(record):
+                    raise record.error(
+                        f"no data shape tunelab knows has the columns {', '.join(list(record.data)[:12]) or '(none)'}",
+                        field="dataset.format",
+                        hint="name them with dataset.prompt_column and dataset.answer_column (or text_column, "
+                        "messages_column, chosen_column/rejected_column), or set dataset.format; "
+                        "`tunelab data inspect FILE` shows what each shape looks like",
+                    )
                 reason = unsuitable(self.detect(), self.cfg)
                 if reason:
                     raise record.error(reason, field="problem_type", hint=self._hint())
                 checked = True
             yield record, self.example(record)
+
+    def _configured_columns(self, record: Record) -> bool:
+        ds = self.cfg.dataset
+        return bool(set(ds.prompt_column) & set(record.data)) or ds.answer_column in record.data
 
     def _hint(self) -> str:
         others = ", ".join(self.detection.others) if self.detection and self.detection.others else ""

@@ -71,6 +71,7 @@ class Detection:
     columns: dict[str, Any] = field(default_factory=dict)  # dataset fields to set, e.g. {"answer_column": "answer"}
     others: list[str] = field(default_factory=list)
     label_counts: dict[str, int] = field(default_factory=dict)
+    known: bool = True  # False: no rule matched the field names
 
     @property
     def kind(self) -> str:
@@ -122,8 +123,8 @@ def _all_bool(values: list[Any]) -> bool:
 def detect_shape(records: list[Record], cfg: RunConfig) -> Detection:
     """The shape of the sampled ``records`` (see the module docstring); the configured columns win."""
     found = _candidates(records, cfg)
-    if not found:
-        return Detection("columns", "prompt and answer columns")  # reading a row names the missing column
+    if not found:  # reading a row names the missing column
+        return Detection("columns", "no shape tunelab knows", known=False)
     first, *rest = found
     first.others = [d.format for d in rest if d.format != first.format]
     return first
