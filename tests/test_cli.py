@@ -97,9 +97,9 @@ def test_missing_config_file(tmp_path):
 
 
 def test_unknown_backbone_and_offline_hub_id(tiny_cfg, tmp_path):
-    tiny_cfg["llm_backbone"] = "not-a-model"
+    tiny_cfg["llm_backbone"] = "not a model"
     config = write_config(tmp_path / "c.yaml", tiny_cfg)
-    assert_one_line_error(run("train", config), "unknown backbone", "llm_backbone")
+    assert_one_line_error(run("train", config), "not a valid hub id", "llm_backbone")
     tiny_cfg["llm_backbone"] = "some-org/some-model"
     config = write_config(tmp_path / "c.yaml", tiny_cfg)
     assert_one_line_error(run("train", config), "some-org/some-model", "Hugging Face hub")

@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -78,29 +79,51 @@ def resolve_backbone(name: str) -> str:
     """Turn ``llm_backbone`` into something ``from_pretrained`` can load: a local folder or a hub id.
 
     Args:
-        name: a built-in name, a local folder, a .gguf file or a hub id (``org/model``).
+        name: a built-in name, a local folder, a finished run, a .gguf file or a hub id (``gpt2``, ``org/name``,
+            ``org/name@revision``).
 
     Returns:
-        A local folder path or the hub id.
+        A local folder path or the hub id (with its ``@revision``; ``load_tokenizer`` and ``load_backbone`` pass
+        that on as ``revision=``).
 
     Raises:
         ModelError: when it is none of those.
     """
+    kind, value = check_backbone(name)
+    if kind == "builtin":
+        spec = BUILTIN_MODELS[value]
+        folder = _package_dir(spec, value)
+        if spec.gguf_file:
+            return str(convert_gguf(folder / spec.gguf_file, cache_name=value))
+        return str(folder / spec.subdir)
+    if kind == "gguf":
+        return str(convert_gguf(Path(value)))
+    if kind == "run":
+        return str(merged_run_backbone(Path(value)))
+    return value  # a folder, or a hub id: loading one needs the network unless it is in the hub cache
+
+
+def check_backbone(name: str) -> tuple[str, str]:
+    """What ``llm_backbone`` names, checked without loading or converting anything (``config validate`` uses it).
+
+    Returns:
+        (kind, value): ("builtin", key), ("gguf", path), ("run", folder), ("folder", folder) or ("hub", id[@rev]).
+
+    Raises:
+        ModelError: for a missing file or folder, a folder that is not a model, or text that is no valid hub id.
+    """
     key = name.strip().lower()
     if key in BUILTIN_MODELS:
-        spec = BUILTIN_MODELS[key]
-        folder = _package_dir(spec, key)
-        if spec.gguf_file:
-            return str(convert_gguf(folder / spec.gguf_file, cache_name=key))
-        return str(folder / spec.subdir)
+        _package_dir(BUILTIN_MODELS[key], key)
+        return "builtin", key
     path = Path(name).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise ModelError("GGUF file not found", file=str(path), field="llm_backbone")
-        return str(convert_gguf(path))
+        return "gguf", str(path)
     if path.is_dir():
         if (path / "config.yaml").is_file() and (path / "run.json").is_file():
-            return str(merged_run_backbone(path))
+            return "run", str(path)
         if not (path / "config.json").is_file():
             raise ModelError(
                 "folder has no config.json, so it is not a transformers model",
@@ -108,18 +131,44 @@ def resolve_backbone(name: str) -> str:
                 field="llm_backbone",
                 hint="point llm_backbone at the folder that holds config.json",
             )
-        return str(path)
+        return "folder", str(path)
     if path.exists():
         raise ModelError("not a model folder or .gguf file", file=str(path), field="llm_backbone")
-    parts = name.split("/")
-    if len(parts) == 2 and all(parts) and not name.startswith((".", "~")):
-        return name  # a hub id; loading it needs the network unless it is in the hub cache
-    builtins = ", ".join(BUILTIN_MODELS)
+    problem = hub_id_problem(name)
+    if problem is None:
+        return "hub", name
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
     raise ModelError(
-        f"unknown backbone '{name}'",
+        f"no such folder: '{name}'" if looks_like_path else f"'{name}' is not a valid hub id ({problem})",
         field="llm_backbone",
-        hint=f"use a built-in model ({builtins}), a local folder, a .gguf file or a hub id 'org/name'",
+        hint=f"use a built-in model ({', '.join(BUILTIN_MODELS)}), an existing local folder or .gguf file, or a "
+        "hub id: name, org/name or org/name@revision",
     )
+
+
+def hub_id_problem(name: str) -> str | None:
+    """Why ``name`` is not a hub id ``name``, ``org/name`` or ``org/name@revision``; None when it is one."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo, at, revision = name.partition("@")
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as exc:
+        return str(exc).split(":")[0].rstrip(".").lower()
+    if at and not re.fullmatch(r"[\w.\-]+(?:/[\w.\-]+)*", revision):
+        return f"revision '{revision}' is not a branch, tag or commit name"
+    if at and (".." in revision or revision.endswith((".", ".lock"))):
+        return f"revision '{revision}' is not a branch, tag or commit name"
+    return None
+
+
+def split_revision(source: str) -> tuple[str, dict[str, str]]:
+    """``org/name@rev`` -> (``org/name``, {"revision": "rev"}): from_pretrained's arguments for a backbone source
+    (a local path is returned as it is, even when it contains '@')."""
+    if "@" in source and not Path(source).expanduser().exists():
+        repo, _, revision = source.partition("@")
+        return repo, {"revision": revision}
+    return source, {}
 
 
 def merged_run_backbone(run_dir: Path) -> Path:
@@ -219,13 +268,30 @@ def convert_gguf(path: Path, cache_name: str | None = None) -> Path:
 
 
 def _hub_error(name: str, exc: Exception) -> ModelError:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    reason = "offline mode is on (HF_HUB_OFFLINE=1)" if offline else "no network or no such model"
+    """One line for a hub model that cannot be had: offline, gated, private or missing, or a missing revision."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    causes = []
+    cause: BaseException | None = exc
+    while cause is not None and len(causes) < 8:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    repo, kwargs = split_revision(name)
+    if any(isinstance(c, GatedRepoError) for c in causes):
+        reason = "it is gated: accept its licence on huggingface.co and log in (huggingface-cli login or HF_TOKEN)"
+    elif any(isinstance(c, RevisionNotFoundError) for c in causes):
+        reason = f"it has no revision '{kwargs.get('revision', '')}'"
+    elif any(isinstance(c, RepositoryNotFoundError) for c in causes):
+        reason = "no such model on the hub, or it is private and needs a login (huggingface-cli login or HF_TOKEN)"
+    elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        reason = "it is not in the local hub cache and offline mode is on (HF_HUB_OFFLINE=1); it needs the network"
+    else:
+        reason = "the hub could not be reached and it is not in the local hub cache; it needs the network"
     return ModelError(
-        f"could not load '{name}' from the Hugging Face hub: {reason}",
+        f"cannot load '{name}' from the Hugging Face hub: {reason}",
         field="llm_backbone",
-        hint="use a built-in model (" + ", ".join(BUILTIN_MODELS) + "), a local folder, or connect "
-        "to the internet once to cache it",
+        hint="a hub model needs the network (and a login if it is gated or private); offline, set llm_backbone to "
+        "a local folder or a built-in model (" + ", ".join(BUILTIN_MODELS) + ")",
     )
 
 
@@ -237,9 +303,10 @@ def load_tokenizer(source: str) -> Any:
     """
     from transformers import AutoTokenizer
 
+    repo, revision = split_revision(source)
     try:
         with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(repo, **revision)
     except OSError as exc:
         if Path(source).exists():
             raise ModelError(f"could not load the tokenizer ({str(exc).splitlines()[0]})", file=source) from exc
@@ -335,14 +402,15 @@ def load_backbone(
         kwargs.update(
             quantization_config=quantization, device_map={"": 0} if torch.cuda.is_available() else {"": "cpu"}
         )
+    repo, revision = split_revision(source)
     try:
         with quiet_transformers():
-            config = AutoConfig.from_pretrained(source, **config_kwargs)
+            config = AutoConfig.from_pretrained(repo, **revision, **config_kwargs)
             if dropout is not None:
                 for name in DROPOUT_FIELDS:
                     if isinstance(getattr(config, name, None), (int, float)):
                         setattr(config, name, dropout)
-            model = auto_class.from_pretrained(source, config=config, **kwargs)
+            model = auto_class.from_pretrained(repo, config=config, **revision, **kwargs)
     except OSError as exc:
         if Path(source).exists():
             raise ModelError(f"could not load the model ({str(exc).splitlines()[0]})", file=source) from exc
