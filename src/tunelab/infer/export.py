@@ -144,6 +144,10 @@ def export_run(
         )
     if fmt == "gguf" and loaded.cfg.problem_type not in CAUSAL_LM_PROBLEMS:
         raise ExportError("GGUF export is for causal language models", hint="use --format merged")
+    if fmt == "gguf":
+        from tunelab.infer.gguf_export import check_model_type
+
+        check_model_type(getattr(loaded.model.config, "model_type", None))  # before any merging work
     loaded.model.float()
     examples = parity_examples(loaded)
     reference = model_outputs(loaded.model, loaded, examples)

@@ -1,4 +1,4 @@
-"""Exporting a Llama-architecture causal LM folder to one GGUF file, the format of llama.cpp.
+"""Exporting a Llama-architecture causal LM folder (llama, mistral) to one GGUF file, the format of llama.cpp.
 
 The file follows llama.cpp's ``convert_hf_to_gguf.py`` conventions (tensor names, the Q/K row permutation, metadata
 keys, a byte-level BPE vocabulary as ``tokenizer.ggml.model = "gpt2"``), so llama.cpp, ollama and transformers'
@@ -25,6 +25,23 @@ from tunelab.errors import ConfigError, ModelError
 log = logging.getLogger("tunelab")
 
 QUANTS = ("f32", "f16", "q8_0")
+# transformers model types written as llama.cpp's "llama" architecture (llama.cpp's converter maps Mistral there too).
+MODEL_TYPES = ("llama", "mistral")
+
+
+def check_model_type(model_type: str | None, where: str = "") -> None:
+    """Refuse, in one line naming what is supported, a model type this exporter cannot write.
+
+    Raises:
+        ModelError: for any other model type.
+    """
+    if model_type not in MODEL_TYPES:
+        raise ModelError(
+            f"GGUF export supports the architectures {', '.join(MODEL_TYPES)}, not model_type '{model_type}'",
+            file=where or None,
+            hint="export with --format merged (a transformers folder) and convert that with llama.cpp's "
+            "convert_hf_to_gguf.py, which knows more architectures",
+        )
 
 # The regex Llama 3 splits text with before byte-level BPE; llama.cpp calls this pre-tokenizer "llama-bpe".
 _LLAMA3_SPLIT = (
@@ -147,13 +164,7 @@ def _read_hparams(model_dir: Path) -> _Hparams:
         raw = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelError(f"config.json cannot be read ({exc})", file=str(config_file)) from exc
-    model_type = raw.get("model_type") if isinstance(raw, dict) else None
-    if model_type != "llama":
-        raise ModelError(
-            f"GGUF export supports Llama-architecture causal LMs only, not model_type '{model_type}'",
-            file=str(config_file),
-            hint='export a model whose config.json says model_type "llama" (e.g. SmolLM2, Llama 2/3, TinyLlama)',
-        )
+    check_model_type(raw.get("model_type") if isinstance(raw, dict) else None, str(config_file))
     from transformers import LlamaConfig
 
     cfg = LlamaConfig.from_dict(raw)
@@ -175,9 +186,12 @@ def _read_hparams(model_dir: Path) -> _Hparams:
                 hint="only SiLU MLPs, bias-free projections and plain RoPE (no scaling) are supported",
             )
     heads = cfg.num_attention_heads
+    # Sliding-window attention (Mistral) has no llama.cpp "llama" equivalent: the context stops at the window,
+    # where both agree.
+    window = getattr(cfg, "sliding_window", None) or cfg.max_position_embeddings
     return _Hparams(
         vocab_size=cfg.vocab_size,
-        context_length=cfg.max_position_embeddings,
+        context_length=min(cfg.max_position_embeddings, window),
         hidden=cfg.hidden_size,
         layers=cfg.num_hidden_layers,
         ffn=cfg.intermediate_size,

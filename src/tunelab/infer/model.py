@@ -41,6 +41,10 @@ def load_run(path: str | Path, device: str | None = None, full_precision: bool =
     # The saved tokenizer carries the chat template used in training: never re-resolve it from the config.
     cfg.dataset.chat_template = ""
     tokenizer = load_tokenizer(str(run.tokenizer_dir))
+    if cfg.dataset.use_chat_template == "auto":
+        # A run saved without a template rendered plain text; one with a template (its own or the plain fallback)
+        # rendered with it. Either way the saved tokenizer decides, not today's defaults.
+        cfg.dataset.use_chat_template = bool(getattr(tokenizer, "chat_template", None))
     problem = build_problem(cfg, tokenizer)
     problem.load(run.path)
     method = cfg.training.adapter

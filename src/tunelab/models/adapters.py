@@ -22,7 +22,7 @@ import torch
 
 from tunelab.config import CAUSAL_LM_PROBLEMS, RunConfig
 from tunelab.errors import ConfigError
-from tunelab.models.heads import CLASSIFIER_NAMES, output_head
+from tunelab.models.heads import backbone_linear_names, classification_head, head_parameter_names
 
 PEFT_METHODS = ("lora", "ia3", "prefix_tuning", "prompt_tuning", "ln_tuning")
 PARTIAL_METHODS = ("bitfit", "freeze", "head_only")
@@ -82,28 +82,48 @@ def target_modules(spec: str) -> str | list[str] | None:
     return [n.strip() for n in spec.split(",") if n.strip()]
 
 
-def _peft_config(cfg: RunConfig, task: Any, model: Any) -> Any:
+def default_lora_targets(model: Any) -> str | list[str]:
+    """LoRA's default targets: every linear layer of the backbone, as a regular expression peft full-matches.
+
+    The expression names the backbone and the layers' own names (``model\\.(?:.*\\.)?(?:q_proj|...)``), so the
+    saved adapter config stays short on any model size; when such an expression would also catch a module that is
+    not one of these layers (a head module sharing a name), the full names are listed instead.
+    """
+    names = backbone_linear_names(model)
+    prefixes = sorted({n.split(".")[0] for n in names if "." in n})
+    leaves = sorted({n.split(".")[-1] for n in names})
+    if len(prefixes) == 1 and all(n.startswith(prefixes[0] + ".") for n in names):
+        pattern = rf"{re.escape(prefixes[0])}\.(?:.*\.)?(?:{'|'.join(map(re.escape, leaves))})"
+        matched = {key for key, _ in model.named_modules() if re.fullmatch(pattern, key)}
+        if matched == set(names):
+            return pattern
+    return sorted(names)
+
+
+def _peft_config(cfg: RunConfig, task: Any, model: Any, head: list[str]) -> Any:
     import peft
 
     t = cfg.training
     targets = target_modules(t.lora_target_modules)
+    save = head or None  # the classification head trains in full beside the adapter
     if t.adapter == "lora":
         return peft.LoraConfig(
             r=t.lora_r,
             lora_alpha=t.lora_alpha,
             lora_dropout=t.lora_dropout,
-            target_modules=targets or "all-linear",
+            target_modules=default_lora_targets(model) if targets in (None, "all-linear") else targets,
             use_dora=t.use_dora,
             use_rslora=t.use_rslora,
             task_type=task,
+            modules_to_save=save,
         )
     if t.adapter == "ia3":
-        return peft.IA3Config(target_modules=targets, task_type=task)
+        return peft.IA3Config(target_modules=targets, task_type=task, modules_to_save=save)
     if t.adapter == "prefix_tuning":
-        return peft.PrefixTuningConfig(num_virtual_tokens=t.num_virtual_tokens, task_type=task)
+        return peft.PrefixTuningConfig(num_virtual_tokens=t.num_virtual_tokens, task_type=task, modules_to_save=save)
     if t.adapter == "prompt_tuning":
-        return peft.PromptTuningConfig(num_virtual_tokens=t.num_virtual_tokens, task_type=task)
-    return peft.LNTuningConfig(task_type=task, target_modules=norm_module_names(model))
+        return peft.PromptTuningConfig(num_virtual_tokens=t.num_virtual_tokens, task_type=task, modules_to_save=save)
+    return peft.LNTuningConfig(task_type=task, target_modules=norm_module_names(model), modules_to_save=save)
 
 
 def norm_module_names(model: Any) -> list[str]:
@@ -133,9 +153,7 @@ def apply_adapter(model: Any, cfg: RunConfig) -> Any:
             param.requires_grad_(False)
         selected = _partial_selection(model, cfg)
         if classification:
-            selected |= {
-                name for name, _ in output_head(model, "classification").named_parameters(prefix=_head_prefix(model))
-            }
+            selected |= head_parameter_names(model, cfg.problem_type)
         params = dict(model.named_parameters())
         for name in selected:
             params[name].requires_grad_(True)
@@ -143,23 +161,27 @@ def apply_adapter(model: Any, cfg: RunConfig) -> Any:
     from peft import TaskType, get_peft_model
 
     task = TaskType.SEQ_CLS if classification else TaskType.CAUSAL_LM
+    head = sorted(classification_head(model)) if classification else []
     try:
-        wrapped = get_peft_model(model, _peft_config(cfg, task, model))
+        wrapped = get_peft_model(model, _peft_config(cfg, task, model, head))
     except (ValueError, TypeError, NotImplementedError, AttributeError) as exc:
         raise ConfigError(
             f"{method} cannot adapt this backbone ({str(exc).splitlines()[0]})",
             field="training.lora_target_modules" if method in ("lora", "ia3") else "training.adapter",
-            hint="for lora leave lora_target_modules empty (all linear layers); for ia3 name the "
-            "modules, e.g. k_proj,v_proj,down_proj",
+            hint=_adapter_hint(method, model, cfg.training.lora_target_modules),
         ) from exc
     return wrapped
 
 
-def _head_prefix(model: Any) -> str:
-    for name in CLASSIFIER_NAMES:
-        if isinstance(getattr(model, name, None), torch.nn.Module):
-            return name
-    return ""
+def _adapter_hint(method: str, model: Any, targets: str) -> str:
+    """What to try instead, in this backbone's own module names."""
+    leaves = sorted({name.split(".")[-1] for name in backbone_linear_names(model)})
+    names = ",".join(leaves[:4])
+    if method == "ia3":
+        return f"name the modules ia3 scales, from this backbone's linear layers: {', '.join(leaves)}"
+    if method == "lora" and targets.strip():
+        return f"leave lora_target_modules empty (every linear layer of the backbone) or name some, e.g. {names}"
+    return "use lora, which adapts any backbone's linear layers"
 
 
 def transformer_layers(model: Any) -> torch.nn.ModuleList:
@@ -180,11 +202,10 @@ def _partial_selection(model: Any, cfg: RunConfig) -> set[str]:
     t = cfg.training
     names = [name for name, _ in model.named_parameters()]
     if t.adapter == "head_only":
-        head = output_head(model, cfg.problem_type)
-        ids = {id(p) for p in head.parameters()}
-        return {name for name, p in model.named_parameters() if id(p) in ids}
+        return head_parameter_names(model, cfg.problem_type)
     if t.adapter == "bitfit":
-        biases = {n for n in names if n.endswith(".bias") and not _in_head(n)}
+        head = head_parameter_names(model, cfg.problem_type) if cfg.problem_type not in CAUSAL_LM_PROBLEMS else set()
+        biases = {n for n in names if n.endswith(".bias") and n not in head}
         if not biases:
             raise ConfigError(
                 "bitfit trains biases, and this backbone has none",
@@ -211,10 +232,6 @@ def _partial_selection(model: Any, cfg: RunConfig) -> set[str]:
             )
         selected |= matched
     return selected
-
-
-def _in_head(name: str) -> bool:
-    return name.split(".")[0] in CLASSIFIER_NAMES
 
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
