@@ -93,11 +93,10 @@ def dtype_bytes(name: str) -> float:
 
 def meta_model(cfg: RunConfig, problem: Any, source: str, layers: int | None = None) -> Any:
     """The backbone with the config's adapter, built on the meta device (no weights read, no memory used)."""
-    from transformers import AutoConfig
-
     from tunelab.models.adapters import apply_adapter
+    from tunelab.models.load import load_model_config
 
-    config = AutoConfig.from_pretrained(source, **problem.model_kwargs())
+    config = load_model_config(source, **problem.model_kwargs())
     if layers is not None:
         config.num_hidden_layers = layers
     with torch.device("meta"):
@@ -148,9 +147,9 @@ def unpaged_embedding_bytes(model: Any, cfg: RunConfig, source: str) -> int:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if embeddings is None or embeddings.weight.requires_grad or (head is not None and head.weight is embeddings.weight):
         return 0
-    from transformers import AutoConfig
+    from tunelab.models.load import load_model_config
 
-    stored = str(getattr(AutoConfig.from_pretrained(source), "dtype", None) or "float32").replace("torch.", "")
+    stored = str(getattr(load_model_config(source), "dtype", None) or "float32").replace("torch.", "")
     if stored != cfg.architecture.backbone_dtype:
         return 0  # converted while loading: every page is written, so every page is resident
     return embeddings.weight.numel() * int(dtype_bytes(cfg.architecture.backbone_dtype))
@@ -191,15 +190,14 @@ def probe_activations(cfg: RunConfig, problem: Any, source: str, seq_len: int) -
     a forward pass while ``saved_tensors_hooks`` add up every saved tensor (parameters excluded); the difference of
     the two is the cost of a layer, the rest is what does not repeat per layer.
     """
-    from transformers import AutoConfig
-
     from tunelab.models.adapters import apply_adapter
+    from tunelab.models.load import load_model_config
 
     length = min(seq_len, 2048)  # beyond this, scale: attention with a fused kernel is linear in the length
     dtype = {"int8": "float32", "int4": "float32"}.get(cfg.architecture.backbone_dtype, cfg.architecture.backbone_dtype)
 
     def saved_bytes(layers: int, checkpointing: bool) -> float:
-        config = AutoConfig.from_pretrained(source, **problem.model_kwargs())
+        config = load_model_config(source, **problem.model_kwargs())
         config.num_hidden_layers = layers
         torch.manual_seed(0)
         model = problem.auto_class().from_config(config, dtype=getattr(torch, dtype))

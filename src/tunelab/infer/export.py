@@ -19,6 +19,7 @@ from tunelab.config import CAUSAL_LM_PROBLEMS
 from tunelab.errors import TunelabError
 from tunelab.io import write_json_atomic, write_text_atomic
 from tunelab.models.adapters import PEFT_METHODS, is_peft_model, is_prompt_learning
+from tunelab.models.load import split_revision
 from tunelab.rundir import RunDirectory
 
 FORMATS = ("adapter", "merged", "gguf")
@@ -221,7 +222,7 @@ def model_card(run: RunDirectory, loaded: Any, fmt: str, parity: dict[str, Any],
         "gguf": f"a GGUF file ({quant}) of the merged model, for llama.cpp and compatible runtimes",
     }[fmt]
     return f"""---
-base_model: {cfg.llm_backbone}
+base_model: {split_revision(cfg.llm_backbone)[0]}
 library_name: {"peft" if fmt == "adapter" and cfg.training.adapter in PEFT_METHODS else "transformers"}
 tags: [tunelab, {cfg.problem_type}, {cfg.training.adapter}]
 ---

@@ -311,6 +311,14 @@ def load_tokenizer(source: str) -> Any:
         if Path(source).exists():
             raise ModelError(f"could not load the tokenizer ({str(exc).splitlines()[0]})", file=source) from exc
         raise _hub_error(source, exc) from exc
+    except ValueError as exc:  # the files are there, but none of them is a tokenizer transformers can build
+        raise ModelError(
+            f"could not load the tokenizer ({str(exc).splitlines()[0].rstrip(': ')})",
+            file=source,
+            field="llm_backbone",
+            hint="the model folder (or hub revision) needs its tokenizer files (tokenizer.json or a sentencepiece "
+            "model with sentencepiece installed)",
+        ) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     if tokenizer.pad_token is None:
@@ -395,22 +403,42 @@ def load_backbone(
         config_kwargs: extra config values (e.g. ``num_labels``).
     """
     import torch
-    from transformers import AutoConfig
 
     kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype) if dtype not in ("int8", "int4") else torch.float32}
     if quantization is not None:
         kwargs.update(
             quantization_config=quantization, device_map={"": 0} if torch.cuda.is_available() else {"": "cpu"}
         )
+    config = load_model_config(source, **config_kwargs)
+    if dropout is not None:
+        for name in DROPOUT_FIELDS:
+            if isinstance(getattr(config, name, None), (int, float)):
+                setattr(config, name, dropout)
     repo, revision = split_revision(source)
-    try:
+    with _model_errors(source):
         with quiet_transformers():
-            config = AutoConfig.from_pretrained(repo, **revision, **config_kwargs)
-            if dropout is not None:
-                for name in DROPOUT_FIELDS:
-                    if isinstance(getattr(config, name, None), (int, float)):
-                        setattr(config, name, dropout)
             model = auto_class.from_pretrained(repo, config=config, **revision, **kwargs)
+    return model
+
+
+def load_model_config(source: str, **config_kwargs: Any) -> Any:
+    """A backbone's transformers config, read without its weights (hub ids at their ``@revision`` too).
+
+    Raises:
+        ModelError: when it cannot be read (offline, gated, missing, or not a transformers model).
+    """
+    from transformers import AutoConfig
+
+    repo, revision = split_revision(source)
+    with _model_errors(source), quiet_transformers():
+        return AutoConfig.from_pretrained(repo, **revision, **config_kwargs)
+
+
+@contextmanager
+def _model_errors(source: str):
+    """transformers' loading errors as one-line ModelErrors."""
+    try:
+        yield
     except OSError as exc:
         if Path(source).exists():
             raise ModelError(f"could not load the model ({str(exc).splitlines()[0]})", file=source) from exc
@@ -419,4 +447,3 @@ def load_backbone(
         raise ModelError(
             f"this backbone cannot be used this way ({str(exc).splitlines()[0]})", file=source, field="llm_backbone"
         ) from exc
-    return model
