@@ -72,9 +72,15 @@ def test_prompt_answer_names_and_pairs_become_the_same_conversation():
         {"role": "user", "content": "What colour is item 1?"},
         {"role": "assistant", "content": "Item 1 is blue."},
     ]
-    for name in ("question_answer.jsonl", "prompt_response.csv", "instruction_response.jsonl", "input_output.csv",
-                 "query_response.jsonl", "trl_prompt_completion_conversational.jsonl",
-                 "trl_language_modeling_conversational.jsonl"):
+    for name in (
+        "question_answer.jsonl",
+        "prompt_response.csv",
+        "instruction_response.jsonl",
+        "input_output.csv",
+        "query_response.jsonl",
+        "trl_prompt_completion_conversational.jsonl",
+        "trl_language_modeling_conversational.jsonl",
+    ):
         examples, _ = read(name)
         assert examples[1]["messages"] == expected, name
     context, cfg = read("context_question_answer.jsonl")
@@ -84,13 +90,20 @@ def test_prompt_answer_names_and_pairs_become_the_same_conversation():
 
 def test_preference_shapes_agree_on_the_pair():
     pairs = {}
-    for name in ("trl_preference_explicit_standard.jsonl", "trl_preference_explicit_conversational.jsonl",
-                 "trl_preference_implicit_conversational.jsonl", "llamafactory_alpaca_preference.json",
-                 "llamafactory_sharegpt_preference.json"):
+    for name in (
+        "trl_preference_explicit_standard.jsonl",
+        "trl_preference_explicit_conversational.jsonl",
+        "trl_preference_implicit_conversational.jsonl",
+        "llamafactory_alpaca_preference.json",
+        "llamafactory_sharegpt_preference.json",
+    ):
         examples, _ = read(name, problem_type="dpo")
         pairs[name] = examples[3]
-    expected = {"prompt": [{"role": "user", "content": "What colour is item 3?"}], "chosen": "Item 3 is black.",
-                "rejected": "I do not know item 3."}
+    expected = {
+        "prompt": [{"role": "user", "content": "What colour is item 3?"}],
+        "chosen": "Item 3 is black.",
+        "rejected": "I do not know item 3.",
+    }
     assert all(pair == expected for pair in pairs.values()), pairs
     implicit, _ = read("trl_preference_implicit_standard.jsonl", problem_type="reward")
     assert implicit[3] == expected  # the shared beginning of two plain texts is the prompt
@@ -216,9 +229,14 @@ def test_each_shape_trains_two_steps_under_each_problem_that_can_use_it(
 @pytest.mark.parametrize(
     "name,needles",
     [
-        ("llamafactory_sharegpt_preference.json", ["LLaMA-Factory sharegpt preference", "reward, dpo", "shown as "
-                                                   "problem_type dpo", "I do not know item 0."]),
-        ("glue_sst2.tsv", ["text sentence, label label", "labels: 0 6 (50%), 1 6 (50%)", "problem_type classification"]),
+        (
+            "llamafactory_sharegpt_preference.json",
+            ["LLaMA-Factory sharegpt preference", "reward, dpo", "shown as problem_type dpo", "I do not know item 0."],
+        ),
+        (
+            "glue_sst2.tsv",
+            ["text sentence, label label", "labels: 0 6 (50%), 1 6 (50%)", "problem_type classification"],
+        ),
         ("question_answer.jsonl", ["question -> answer", "dataset.answer_column", "format 'columns'"]),
         ("openai_chat.jsonl", ["OpenAI chat", "with tools", "format 'messages'", "Let me think."]),
         ("llamafactory_kto.json", ["none yet", "12 rows read", "takes unpaired data (KTO)"]),

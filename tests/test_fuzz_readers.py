@@ -116,22 +116,47 @@ def test_damaged_gzip(tmp_path):
 message = st.fixed_dictionaries(
     {},
     optional={
-        "role": st.sampled_from(["user", "assistant", "system", "tool", "gpt", "human", "function_call", "x"]) | json_values,
+        "role": st.sampled_from(["user", "assistant", "system", "tool", "gpt", "human", "function_call", "x"])
+        | json_values,
         "from": st.sampled_from(["human", "gpt", "function_call", "observation", "system"]),
-        "content": json_values | st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]),
-                                                                  "text": json_values}), max_size=2),
+        "content": json_values
+        | st.lists(
+            st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]), "text": json_values}), max_size=2
+        ),
         "value": json_values | st.just('{"name": "f", "arguments": {"a": 1}}'),
         "tool_calls": json_values | st.just([{"type": "function", "function": {"name": "f", "arguments": "{"}}]),
         "weight": json_values,
     },
 )
-shaped_value = json_values | st.lists(message, max_size=4) | message | st.lists(
-    st.fixed_dictionaries({}, optional={"text": json_values, "label": json_values}), max_size=3
+shaped_value = (
+    json_values
+    | st.lists(message, max_size=4)
+    | message
+    | st.lists(st.fixed_dictionaries({}, optional={"text": json_values, "label": json_values}), max_size=3)
 )
 shaped_rows = st.dictionaries(
     st.sampled_from(
-        ["messages", "conversations", "chosen", "rejected", "prompt", "completion", "label", "completions", "labels",
-         "segments", "tools", "instruction", "input", "output", "history", "system", "question", "answer", "text"]
+        [
+            "messages",
+            "conversations",
+            "chosen",
+            "rejected",
+            "prompt",
+            "completion",
+            "label",
+            "completions",
+            "labels",
+            "segments",
+            "tools",
+            "instruction",
+            "input",
+            "output",
+            "history",
+            "system",
+            "question",
+            "answer",
+            "text",
+        ]
     ),
     shaped_value,
     max_size=5,

@@ -275,5 +275,5 @@ def test_pairs_refused_for_non_pair_data(tiny_llama, tmp_path, qa_jsonl, monkeyp
 
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     cfg = pair_config(tiny_llama, qa_jsonl, tmp_path / "out", "dpo", dataset={"prompt_column": ["question"]})
-    with pytest.raises(TunelabError, match="preference pairs"):
+    with pytest.raises(TunelabError, match="which dpo cannot train on; it suits problem_type causal_lm or rl"):
         train(cfg)

@@ -38,8 +38,10 @@ def inspect_config(file: str, config: Path | None, overrides: list[str]) -> tupl
 def print_detection(file: str, cfg: RunConfig, detection: Detection, console: Any) -> None:
     """The shape, the columns picked, the problem types that can use it and how to force another reading."""
     console.print(f"[bold]{file}[/]: {detection.title}")
-    console.print(f"  format: {detection.format}: {KIND_TITLES[detection.kind]} (dataset.format: {detection.format} "
-                  "forces this reading)")
+    console.print(
+        f"  format: {detection.format}: {KIND_TITLES[detection.kind]} (dataset.format: {detection.format} "
+        "forces this reading)"
+    )
     if detection.columns:
         fields = ", ".join(f"dataset.{k}" for k in detection.columns)
         console.print(f"  columns detected: {detection.describe_columns()} (set {fields} to choose others)")

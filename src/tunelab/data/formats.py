@@ -80,8 +80,9 @@ def _conversation(record: Record, cfg: RunConfig, field: str, messages: list[dic
     if not any(is_trained(m) for m in messages):
         what = "an assistant turn" if any(m["role"] == "assistant" for m in messages) else "no assistant turn"
         raise record.error(
-            f"the conversation has {what} to learn from" if what.startswith("no") else
-            "every assistant turn has weight 0: nothing to learn from",
+            f"the conversation has {what} to learn from"
+            if what.startswith("no")
+            else "every assistant turn has weight 0: nothing to learn from",
             field=field,
         )
     while not is_trained(messages[-1]):  # turns after the last learned answer teach nothing
@@ -182,6 +183,23 @@ def _for_problem(detection: Detection, cfg: RunConfig) -> Detection:
     return detection
 
 
+def row_config(record: Record, cfg: RunConfig) -> tuple[RunConfig, str]:
+    """The format of one row and a config with the columns it implies (the given config when it names them)."""
+    if cfg.dataset.format != "auto":
+        return cfg, cfg.dataset.format
+    detection = _for_problem(detect_shape([record], cfg), cfg)
+    columns = {k: v for k, v in detection.columns.items() if _is_default(cfg, k)}
+    if columns:
+        cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update=columns)})
+    return cfg, detection.format
+
+
+def _is_default(cfg: RunConfig, name: str) -> bool:
+    """Whether a dataset field still has its default value: detection may fill it in; a chosen value is kept."""
+    field = type(cfg.dataset).model_fields[name]
+    return getattr(cfg.dataset, name) == field.get_default(call_default_factory=True)
+
+
 def detect_source(source: Any, cfg: RunConfig) -> Detection:
     """The shape of a data source, from its first rows."""
     sample = list(islice(iter_records(source, text_mode=cfg.dataset.text_mode), SAMPLE_ROWS))
@@ -190,6 +208,7 @@ def detect_source(source: Any, cfg: RunConfig) -> Detection:
 
 def apply_detection(detection: Detection, cfg: RunConfig) -> list[str]:
     """Set the columns detection picked on ``cfg.dataset`` (so the run records them); the notes to show."""
+    detection.columns = {k: v for k, v in detection.columns.items() if _is_default(cfg, k)}
     for name, value in detection.columns.items():
         setattr(cfg.dataset, name, value)
     if not detection.columns:

@@ -150,8 +150,11 @@ def _merge_tool_call_turns(messages: list[dict[str, Any]]) -> None:
     i = 0
     while i + 1 < len(messages):
         a, b = messages[i], messages[i + 1]
-        if a["role"] == b["role"] == "assistant" and b.get("tool_calls") and not b["content"] and not a.get(
-            "tool_calls"
+        if (
+            a["role"] == b["role"] == "assistant"
+            and b.get("tool_calls")
+            and not b["content"]
+            and not a.get("tool_calls")
         ):
             a["tool_calls"] = b["tool_calls"]
             del messages[i + 1]

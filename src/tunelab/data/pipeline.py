@@ -375,10 +375,15 @@ def validation_data(cfg: RunConfig, problem: Any, path: str | None = None) -> tu
 
 
 def read_prompts(path: str, cfg: RunConfig) -> tuple[list[Record], list[dict[str, Any]]]:
-    """Records and prompt-only examples for prediction (answer/label used as reference when present)."""
-    from tunelab.data.formats import _for_problem, prompt_only_example
-    from tunelab.data.shapes import detect_shape
+    """Records and prompt-only examples for prediction (answer/label used as reference when present).
+
+    Each row's shape is detected on its own (``dataset.format: auto``): a file to predict on may mix prompt-only
+    rows, prompt/answer rows and pairs."""
+    from tunelab.data.formats import prompt_only_example, row_config
 
     records = list(iter_records(path, text_mode=cfg.dataset.text_mode))
-    fmt = cfg.dataset.format if cfg.dataset.format != "auto" else _for_problem(detect_shape(records[:200], cfg), cfg).format
-    return records, [prompt_only_example(record, cfg, fmt) for record in records]
+    examples = []
+    for record in records:
+        row_cfg, fmt = row_config(record, cfg)
+        examples.append(prompt_only_example(record, row_cfg, fmt))
+    return records, examples

@@ -65,7 +65,10 @@ def prompt_messages(record: Record, cfg: RunConfig) -> list[dict[str, Any]] | No
         items = json_cell(record, "conversations", record.data["conversations"])
         role_key = "from" if items and isinstance(items, list) and "from" in items[0] else "role"
         content_key = "value" if role_key == "from" else "content"
-        return [*system_messages(record, cfg), *normalise_messages(record, "conversations", items, role_key, content_key)]
+        return [
+            *system_messages(record, cfg),
+            *normalise_messages(record, "conversations", items, role_key, content_key),
+        ]
     if "instruction" in record.data:
         text = cell_text(record, "instruction")
         extra = cell_text(record, "input", required=False) if "input" in record.data else ""
@@ -96,8 +99,13 @@ def preference_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
             while shared < min(len(c), len(r)) - 1 and c[shared] == r[shared]:
                 shared += 1
             prompt, c, r = c[:shared], c[shared:], r[shared:]
-        return _pair(record, cfg, prompt, _last_assistant(record, ds.chosen_column, c),
-                     _last_assistant(record, ds.rejected_column, r))
+        return _pair(
+            record,
+            cfg,
+            prompt,
+            _last_assistant(record, ds.chosen_column, c),
+            _last_assistant(record, ds.rejected_column, r),
+        )
     chosen_text = cell_text(record, ds.chosen_column)
     rejected_text = cell_text(record, ds.rejected_column)
     if prompt is not None:

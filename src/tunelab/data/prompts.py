@@ -26,6 +26,7 @@ def _tools_in_system(messages: list[dict[str, Any]], tools: list[dict]) -> list[
         return [{**messages[0], "content": f"{messages[0]['content']}\n\n{text}"}, *messages[1:]]
     return [{"role": "system", "content": text}, *messages]
 
+
 BUILTIN_TEMPLATES = {
     "chatml": (
         "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
@@ -167,7 +168,9 @@ class PromptRenderer:
             return self._apply(messages, tools, add_generation_prompt=True)
         return "".join(text for text, _ in self._plain_segments(messages, tools))
 
-    def _plain_segments(self, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> list[tuple[str, bool]]:
+    def _plain_segments(
+        self, messages: list[dict[str, Any]], tools: list[dict] | None = None
+    ) -> list[tuple[str, bool]]:
         ds = self.cfg.dataset
         out = []
         if tools:

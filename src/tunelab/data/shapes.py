@@ -85,8 +85,9 @@ class Detection:
         return names
 
     def describe_columns(self) -> str:
-        return ", ".join(f"{k.removesuffix('_column')} {v if isinstance(v, str) else '+'.join(v)}" for k, v in
-                         self.columns.items())
+        return ", ".join(
+            f"{k.removesuffix('_column')} {v if isinstance(v, str) else '+'.join(v)}" for k, v in self.columns.items()
+        )
 
 
 def _keys(records: list[Record]) -> set[str]:
@@ -161,8 +162,9 @@ def _candidates(records: list[Record], cfg: RunConfig) -> list[Detection]:
     if "conversations" in keys:
         role_key = "from" if _is_messages(_values(records, "conversations"), "from") else "role"
         tools = " with tools" if "tools" in keys else ""
-        found.append(Detection("sharegpt", f"ShareGPT ({role_key}/{'value' if role_key == 'from' else 'content'}"
-                                           f"{tools})"))
+        found.append(
+            Detection("sharegpt", f"ShareGPT ({role_key}/{'value' if role_key == 'from' else 'content'}{tools})")
+        )
     if {ds.id_column, ds.parent_id_column} <= keys:
         found.append(Detection("h2o_multiturn", "H2O multi-turn (rows chained by id / parent_id)"))
     configured = set(ds.prompt_column) | {ds.answer_column}
@@ -236,7 +238,9 @@ def _labelled(records: list[Record], cfg: RunConfig, keys: set[str], numeric: bo
     configured_label = ds.label_column in keys
     configured_text = set(ds.prompt_column) <= keys
     if configured_label and configured_text:
-        return Detection("classification", "text and label columns (configured)", label_counts=_counts(records, ds.label_column))
+        return Detection(
+            "classification", "text and label columns (configured)", label_counts=_counts(records, ds.label_column)
+        )
 
     def distinct(k: str) -> int:
         return len({str(v).strip() for v in _values(records, k)})

@@ -231,7 +231,11 @@ class ClassificationProblem:
     def predict(self, model: Any, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         builder = SplitBuilder()
         for i, ex in enumerate(examples):
-            builder.add(self._ids(ex["text"], ex.get("text_pair"))[0], i + 1, target=[0.0] * len(self.classes) if self.multi_label else 0)
+            builder.add(
+                self._ids(ex["text"], ex.get("text_pair"))[0],
+                i + 1,
+                target=[0.0] * len(self.classes) if self.multi_label else 0,
+            )
         probs = self.probabilities(model, builder.build())
         out = []
         for p in probs:

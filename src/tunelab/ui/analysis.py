@@ -68,6 +68,9 @@ def inspect_data(cfg: RunConfig, path: str, rows: int = PREVIEW_ROWS) -> dict[st
     return {
         "path": path,
         "format": reader.format,
+        "shape": reader.detection.title if reader.detection else reader.format,
+        "problem_types": reader.detection.problem_types() if reader.detection else [],
+        "notes": reader.notes,
         "columns": read_columns(path),
         "report": report.to_dict(),
         "findings": findings(report, cfg),
