@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,14 @@ def test_causal_lm_trains_reloads_predicts_and_exports(zoo, qa_jsonl, prompts_fi
     else:
         assert saved_template != BUILTIN_TEMPLATES["plain"] and prompt.startswith("<|im_start|>user\nhi")
 
+    if arch == "gpt2" and method == "none":
+        # A run saved without a template (trained before the plain fallback) still loads as it trained: plain text.
+        old = tmp_path / "old-run"
+        shutil.copytree(run, old)
+        (old / "tokenizer" / "chat_template.jinja").unlink()
+        renderer = load_run(old).problem.renderer
+        assert not renderer.use_template and renderer.prompt_text([{"role": "user", "content": "hi"}]) == "hi<|im_end|>"
+
     out = tmp_path / "predictions.csv"
     assert predict_file(run, prompts_files["causal_lm"], out) == 3
     assert "prediction" in out.read_text().splitlines()[0]
@@ -277,3 +286,25 @@ def test_lora_adapts_every_backbone_linear_layer_and_the_head_trains_in_full(zoo
         assert trained_heads == heads
     else:
         assert not full
+
+
+def test_plain_template_fallback_rules(zoo):
+    """auto + no template -> the plain template; a named template or H2O-style text fields win over it."""
+    from transformers import AutoTokenizer
+
+    from tunelab.data.prompts import PromptRenderer, apply_template_setting
+
+    def renderer(**dataset):
+        cfg = load_config(base={"llm_backbone": str(zoo("gpt2")), "dataset": dataset})
+        tokenizer = AutoTokenizer.from_pretrained(zoo("gpt2"))
+        apply_template_setting(cfg, tokenizer)
+        return PromptRenderer(cfg, tokenizer)
+
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    assert renderer().prompt_text(chat) == "be brief\n\nUser: hi\nAssistant:"
+    full = renderer().segments([*chat, {"role": "assistant", "content": "hello"}])
+    assert full[-1] == (" hello<|im_end|>", True)  # the answer ends with EOS, as the model should learn to stop
+    assert renderer(chat_template="alpaca").prompt_text(chat[1:]).startswith("### Instruction:")
+    h2o = renderer(text_prompt_start="<|prompt|>", text_answer_separator="<|answer|>")
+    assert not h2o.use_template and h2o.prompt_text(chat[1:]) == "<|prompt|>hi<|im_end|><|answer|>"
+    assert not renderer(use_chat_template=False).use_template
