@@ -251,3 +251,20 @@ def test_data_inspect_needs_no_config(name, needles, tiny_llama, tmp_path):
     for needle in needles:
         assert needle in proc.stdout, (needle, proc.stdout)
     assert not list(tmp_path.iterdir())  # nothing written unasked (no histogram without --histogram)
+
+
+@pytest.mark.parametrize("spelling", ["NaN", "nan", "None", "null", "NA", ""])
+def test_missing_label_spellings_are_missing_not_a_class(spelling, tmp_path):
+    path = tmp_path / "labels.csv"
+    rows = [f"good film {i},pos" if i % 2 else f"bad film {i},neg" for i in range(8)]
+    rows[3] = f"odd film 3,{spelling}"
+    rows[6] = f"odd film 6,{spelling}"
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError) as err:
+        read_source(str(path), load_config(base={"problem_type": "classification"}))
+    assert "2 rows have no label" in str(err.value) and "rows 4, 7" in str(err.value)
+    cfg = load_config(base={"problem_type": "classification", "dataset": {"drop_missing_labels": True}})
+    reader = ExampleReader(cfg, str(path))
+    examples = [example for _, example in reader]
+    assert len(examples) == 6 and {e["label"] for e in examples} == {"pos", "neg"}
+    assert "left out 2 rows without a label" in reader.notes[-1]

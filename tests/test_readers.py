@@ -82,3 +82,18 @@ def test_malformed_files_fail_with_location(tmp_path, name, content, expect):
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="not found"):
         list(iter_records(tmp_path / "nope.csv"))
+
+
+def test_a_symlink_loop_is_not_called_missing(tmp_path):
+    from tunelab.config import read_yaml
+    from tunelab.errors import ConfigError
+
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(tmp_path / "loop.jsonl")
+    with pytest.raises(DataError, match="symbolic link that leads nowhere"):
+        list(iter_records(str(loop)))
+    config = tmp_path / "loop.yaml"
+    config.symlink_to(tmp_path / "other.yaml")
+    (tmp_path / "other.yaml").symlink_to(config)
+    with pytest.raises(ConfigError, match="symbolic link that leads nowhere"):
+        read_yaml(config)

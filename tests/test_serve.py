@@ -379,3 +379,11 @@ def test_regression_runs_serve_values(tiny_bert, tmp_path):
         assert len(values) == 2 and all(isinstance(v, float) for v in values)
         refused = raw(url, "/v1/chat/completions", {"messages": QUESTION})
         assert refused.status_code == 400 and "/v1/classify" in refused.json()["error"]["message"]
+
+
+def test_a_nan_temperature_is_called_not_finite(causal):
+    body = json.dumps(chat()).encode()[:-1] + b', "temperature": NaN, "top_p": Infinity}'
+    response = raw(causal.url, "/v1/chat/completions", body)
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["param"] == "temperature", error
+    assert "finite number" in error["message"] and "2" not in error["message"], error

@@ -183,6 +183,11 @@ class DatasetConfig(Section):
     answer_column: str = Field("output", description="Column holding the answer the model should learn (causal LM).")
     system_column: str = Field("", description="Column holding a per-row system prompt; empty for none.")
     label_column: str = Field("label", description="Column holding the class label (classification).")
+    drop_missing_labels: bool = Field(
+        False,
+        description="Classification/regression: leave out rows whose label is missing (empty, NaN, None, null, NA) "
+        "and say how many; false = stop with an error naming those rows.",
+    )
     text_prompt_start: str = Field("", description="Text put before every prompt (when no chat template is used).")
     text_answer_separator: str = Field(
         "", description="Text put between the prompt and the answer (when no chat template is used)."
@@ -201,13 +206,14 @@ class DatasetConfig(Section):
     mask_prompt_labels: bool = Field(True, description="Train only on answer tokens; prompt tokens get no loss.")
     use_chat_template: Literal["auto"] | bool = Field(
         "auto",
-        description="Render rows with a chat template: 'auto' uses one when the tokenizer has one or "
-        "chat_template names one.",
+        description="Render rows with a chat template: 'auto' uses the tokenizer's or the one chat_template names, "
+        "else the built-in 'plain' one (unless text_prompt_start or text_answer_separator is set).",
     )
     chat_template: str = Field(
         "",
         description="The chat template: empty = the tokenizer's own; a built-in name (chatml, llama3, zephyr, "
-        "alpaca); or a path to a Jinja file. The template used is saved with the run and used by every later command.",
+        "alpaca, plain); or a path to a Jinja file. The template used is saved with the run and used by every later "
+        "command.",
     )
     system_prompt: str = Field(
         "", description="System prompt for conversations that have none (a system_column value wins)."
@@ -1031,6 +1037,10 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], str]:
         ConfigError: when the file is missing or is not valid YAML.
     """
     path = Path(path)
+    if not path.exists() and path.is_symlink():
+        raise ConfigError(
+            "the config file is a symbolic link that leads nowhere (a loop, or a missing target)", file=str(path)
+        )
     if not path.is_file():
         raise ConfigError(
             "config file not found", file=str(path), hint="check the path, or create one with 'tunelab config init'"

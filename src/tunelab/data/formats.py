@@ -34,6 +34,8 @@ from tunelab.data.readers import Record, iter_records
 from tunelab.data.shapes import FORMAT_KINDS, KIND_TITLES, SAMPLE_ROWS, Detection, detect_shape
 from tunelab.errors import DataError
 
+# Spellings of a missing value in label cells (pandas, R, SQL and JSON exports).
+MISSING_LABELS = frozenset({"", "nan", "none", "null", "na", "n/a", "<na>"})
 CONVERSATION_FORMATS = ("columns", "alpaca", "messages", "sharegpt", "h2o_multiturn")
 _system = system_messages  # the name the parent-id chaining uses
 
@@ -145,6 +147,15 @@ def classification_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
     if not label:
         raise record.error("label is empty", field=ds.label_column, hint="every row needs a label")
     return example | {"label": label}
+
+
+def is_missing_label(value: Any) -> bool:
+    """Whether a label cell holds no label (null, NaN, or a missing-value spelling such as 'NaN', 'None', 'NA')."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return value != value
+    return isinstance(value, str) and value.strip().lower() in MISSING_LABELS
 
 
 def prompt_example(record: Record, cfg: RunConfig) -> dict[str, Any]:
@@ -284,6 +295,8 @@ class ExampleReader:
 
     def __iter__(self) -> Iterator[tuple[Record, dict[str, Any]]]:
         checked = False
+        missing: list[int] = []
+        label_column = self.cfg.dataset.label_column
         for record in self.records():
             if not checked:
                 if not self.detect().known and not self._configured_columns(record):
@@ -298,7 +311,27 @@ class ExampleReader:
                 if reason:
                     raise record.error(reason, field="problem_type", hint=self._hint())
                 checked = True
+            if self.format == "classification" and is_missing_label(record.data.get(label_column)):
+                missing.append(record.position)
+                continue
             yield record, self.example(record)
+        if missing:
+            self._missing_labels(missing)
+
+    def _missing_labels(self, rows: list[int]) -> None:
+        """Rows without a label: left out with a note (``drop_missing_labels``), else one error naming them."""
+        ds = self.cfg.dataset
+        shown = ", ".join(str(r) for r in rows[:10]) + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+        if ds.drop_missing_labels:
+            note = f"left out {len(rows)} rows without a label (dataset.drop_missing_labels): rows {shown}"
+            self.notes.append(note)
+            return
+        raise DataError(
+            f"{len(rows)} rows have no label (empty, NaN, None, null or NA): rows {shown}",
+            file=str(self.source),
+            field=ds.label_column,
+            hint="fill them in, or set dataset.drop_missing_labels: true to leave them out",
+        )
 
     def _configured_columns(self, record: Record) -> bool:
         ds = self.cfg.dataset
@@ -351,11 +384,13 @@ def prompt_only_example(record: Record, cfg: RunConfig, fmt: str = "auto") -> di
     fmt = fmt if fmt != "auto" else ds.format if ds.format != "auto" else detect_format(record, cfg)
     kind = FORMAT_KINDS.get(fmt, "conversation")
     if kind == "labelled":
-        example = classification_example(record, cfg) if ds.label_column in record.data else None
+        labelled = ds.label_column in record.data and not is_missing_label(record.data[ds.label_column])
+        example = classification_example(record, cfg) if labelled else None
         if example is None:
             texts = [cell_text(record, column) for column in ds.prompt_column]
             example = {"text": texts[0], "text_pair": texts[1]} if len(texts) == 2 else {"text": "\n".join(texts)}
-        reference = example.pop("label", None)
+        reference = None if is_missing_label(record.data.get(ds.label_column)) else example.pop("label", None)
+        example.pop("label", None)
         return example | {"reference": reference if not isinstance(reference, list) else "|".join(reference)}
     if kind == "pair":
         pair = preference_example(record, cfg)

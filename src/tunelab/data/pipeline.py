@@ -70,6 +70,7 @@ class SplitPlan:
     validation: set[int]  # the validation rows: held_out, or a sample of it (data_sample_choice 'validation')
     format: str
     held_out: set[int] = field(default_factory=set)  # every row kept out of training
+    notes: list[str] = field(default_factory=list)  # what reading the rows left out, for the user
 
 
 def plan_split(cfg: RunConfig, problem: Any, fit: bool = True) -> SplitPlan:
@@ -105,7 +106,7 @@ def plan_split(cfg: RunConfig, problem: Any, fit: bool = True) -> SplitPlan:
     validation = held_out
     if sampled and "validation" in ds.data_sample_choice and held_out:
         validation = sample_indices(val_idx, ds.data_sample, ds.split_seed + 2)
-    return SplitPlan(train, validation, reader.format, held_out)
+    return SplitPlan(train, validation, reader.format, held_out, reader.notes)
 
 
 def example_key(example: dict[str, Any]) -> str:
@@ -236,6 +237,7 @@ def build_splits(cfg: RunConfig, problem: Any, use_cache: bool = True) -> DataSp
         "tokenize_seconds": round(time.perf_counter() - started, 3),
         "cached": False,
         "notes": notes,
+        "data_notes": plan.notes,  # cached with the splits: what reading the rows left out
     }
     if test is not None:
         info["test_rows"] = len(test)

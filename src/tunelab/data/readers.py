@@ -91,6 +91,12 @@ def _iter_one(name: str, text_mode: str) -> Iterator[Record]:
     if not path.exists() and folder and Path(folder).is_dir():
         yield from _iter_saved_dataset(Path(folder), name, split)
         return
+    if not path.exists() and path.is_symlink():
+        raise DataError(
+            "is a symbolic link that leads nowhere (a loop, or its target is missing)",
+            file=name,
+            hint="point at the data file itself",
+        )
     if not path.exists():
         if is_hub_name(name):
             yield from _iter_hub(name)

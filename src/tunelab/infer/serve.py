@@ -136,8 +136,8 @@ class StreamOptions(Lenient):
 class GenerationBody(RequestBody):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     n: int | None = Field(None, ge=1, le=MAX_CHOICES)
     stop: str | list[str] | None = Field(None, validate_default=True)  # a list after validation
     stream: bool | None = False

@@ -183,7 +183,7 @@ def prepare_data(
         data.train, cfg, source_name(cfg.dataset.train_dataframe), data.info["format"], data.info.get("deduplicated", 0)
     )
     if console is not None:
-        for note in data.info.get("notes", []):
+        for note in data.info.get("notes", []) + data.info.get("data_notes", []):
             console.print(note)
         print_report(report, console, cfg)
     if check:

@@ -104,7 +104,8 @@ class ExportManager:
         fd, tmp = tempfile.mkstemp(prefix="export-", suffix=".zip", dir=self.tmp)
         with open(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED) as archive:
             for path in sorted(folder.rglob("*")):
-                if path.is_file():
+                # A symbolic link could point anywhere on the machine: only real files inside the export go out.
+                if path.is_file() and not path.is_symlink() and path.resolve().is_relative_to(folder):
                     archive.write(path, str(Path(name) / path.relative_to(folder)))
         return Path(tmp), f"{Path(run_dir).name}-{name}.zip"
 

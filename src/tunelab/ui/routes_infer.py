@@ -22,8 +22,8 @@ class ChatRequest(BaseModel):
     run: str = Field(min_length=1)
     base: bool = False
     messages: list[dict[str, Any]] = Field(min_length=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     max_tokens: int | None = Field(None, ge=1, le=4096)
 
 
