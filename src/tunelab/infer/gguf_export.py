@@ -43,6 +43,7 @@ def check_model_type(model_type: str | None, where: str = "") -> None:
             "convert_hf_to_gguf.py, which knows more architectures",
         )
 
+
 # The regex Llama 3 splits text with before byte-level BPE; llama.cpp calls this pre-tokenizer "llama-bpe".
 _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
