@@ -100,6 +100,13 @@ def default_lora_targets(model: Any) -> str | list[str]:
     return sorted(names)
 
 
+def _all_conv1d(model: Any) -> bool:
+    """Whether every default LoRA target is a transformers Conv1D (GPT-2 and its relatives)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return all(isinstance(model.get_submodule(name), Conv1D) for name in backbone_linear_names(model))
+
+
 def _peft_config(cfg: RunConfig, task: Any, model: Any, head: list[str]) -> Any:
     import peft
 
@@ -107,11 +114,13 @@ def _peft_config(cfg: RunConfig, task: Any, model: Any, head: list[str]) -> Any:
     targets = target_modules(t.lora_target_modules)
     save = head or None  # the classification head trains in full beside the adapter
     if t.adapter == "lora":
+        default = targets in (None, "all-linear")
         return peft.LoraConfig(
             r=t.lora_r,
             lora_alpha=t.lora_alpha,
             lora_dropout=t.lora_dropout,
-            target_modules=default_lora_targets(model) if targets in (None, "all-linear") else targets,
+            target_modules=default_lora_targets(model) if default else targets,
+            fan_in_fan_out=default and _all_conv1d(model),  # GPT-2's Conv1D stores weights as [in, out]
             use_dora=t.use_dora,
             use_rslora=t.use_rslora,
             task_type=task,
