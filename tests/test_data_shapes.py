@@ -268,3 +268,17 @@ def test_missing_label_spellings_are_missing_not_a_class(spelling, tmp_path):
     examples = [example for _, example in reader]
     assert len(examples) == 6 and {e["label"] for e in examples} == {"pos", "neg"}
     assert "left out 2 rows without a label" in reader.notes[-1]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_shape_is_inspected_with_no_config(name, tiny_llama):
+    from rich.console import Console
+
+    from tunelab.data_inspect import inspect_file
+
+    console = Console(record=True, width=200)
+    inspect_file(str(SHAPES / name), None, [f"llm_backbone={tiny_llama}"], 1, None, console)
+    out = console.export_text()
+    fmt, problems = EXPECTED[name]
+    assert f"format: {fmt}:" in out and (", ".join(problems) if problems else "none yet") in out, out
+    assert ("row 1" in out or "row 2" in out) if problems else "12 rows read" in out, out

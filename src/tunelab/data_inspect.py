@@ -60,7 +60,7 @@ def inspect_file(
     file: str, config: Path | None, overrides: list[str], rows: int, histogram: Path | None, console: Any
 ) -> None:
     """Print what ``tunelab data inspect`` shows (see the module docstring)."""
-    from tunelab.data.formats import ExampleReader, unsuitable
+    from tunelab.data.formats import ExampleReader, apply_detection, unsuitable
     from tunelab.data.inspect import compute_report, print_report, render_row, save_length_histogram
     from tunelab.data.pipeline import encode_source
     from tunelab.models.load import load_tokenizer, resolve_backbone
@@ -69,6 +69,7 @@ def inspect_file(
     cfg, detection, usable = inspect_config(file, config, overrides)
     print_detection(file, cfg, detection, console)
     if not usable:
+        apply_detection(detection, cfg)
         reader = ExampleReader(cfg, file)
         reader.format = detection.format
         count = 0

@@ -296,7 +296,6 @@ class ExampleReader:
     def __iter__(self) -> Iterator[tuple[Record, dict[str, Any]]]:
         checked = False
         missing: list[int] = []
-        label_column = self.cfg.dataset.label_column
         for record in self.records():
             if not checked:
                 if not self.detect().known and not self._configured_columns(record):
@@ -311,7 +310,8 @@ class ExampleReader:
                 if reason:
                     raise record.error(reason, field="problem_type", hint=self._hint())
                 checked = True
-            if self.format == "classification" and is_missing_label(record.data.get(label_column)):
+            # After detection: it may have picked the label column.
+            if self.format == "classification" and is_missing_label(record.data.get(self.cfg.dataset.label_column)):
                 missing.append(record.position)
                 continue
             yield record, self.example(record)
