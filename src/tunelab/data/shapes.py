@@ -206,6 +206,8 @@ def _preference(records: list[Record], cfg: RunConfig, keys: set[str]) -> Detect
         return Detection("preference", "LLaMA-Factory alpaca preference (instruction, input, chosen, rejected)")
     if ds.prompt_column[0] in keys or "prompt" in keys:
         return Detection("preference", f"preference with explicit prompt (TRL {style})", _prompt_column(ds, keys))
+    if style == "standard" and any("\n\nHuman:" in str(v) for v in chosen[:5]):
+        return Detection("preference", "Anthropic HH dialogues (chosen, rejected; implicit prompt)")
     return Detection("preference", f"preference with implicit prompt (TRL {style}: chosen, rejected)")
 
 
