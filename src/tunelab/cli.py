@@ -36,8 +36,21 @@ STATE = {"debug": False}
 SetOption = typer.Option(None, "--set", help="Override a field: section.field=value (repeatable).")
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from tunelab import __version__
+
+        console.print(f"tunelab {__version__}", markup=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_show_version, help="Print the version and exit."
+    ),
+) -> None:
     STATE["debug"] = debug
     _setup_logging()
 
@@ -660,10 +673,32 @@ def studio(
     run_studio(host, port, password, output_directory, data_dir, max_upload_mb)
 
 
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Usage-error and abort classes of every click in play: typer >= 0.2x raises its vendored ``typer._click`` ones,
+    older typers (and click-based plugins) the ``click`` package's."""
+    import importlib
+
+    usage: list[type] = []
+    aborts: list[type] = [typer.Abort]
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage.append(module.ClickException)
+        if hasattr(module, "Abort"):  # typer's vendored click keeps Abort in typer.exceptions (typer.Abort)
+            aborts.append(module.Abort)
+    return tuple(usage), tuple(aborts)
+
+
 def main() -> None:
     """Entry point: run the app, turning tunelab errors into one line and exit code 2."""
+    usage_errors, aborts = _click_exception_types()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        # Without standalone mode, typer returns the code of a typer.Exit (--help, --version, Ctrl-C) instead of exiting.
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except TunelabError as exc:
         if STATE["debug"]:
             raise
@@ -672,15 +707,11 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted", markup=False)
         sys.exit(130)
-    except Exception as exc:  # click usage errors and aborts arrive here in standalone_mode=False
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+    except usage_errors as exc:  # unknown command/option, missing or bad argument: click's usage message
+        exc.show()
+        sys.exit(exc.exit_code)
+    except aborts:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
