@@ -351,7 +351,7 @@ def test_lost_and_failed_runs_show_their_error_and_last_log_lines(tmp_path):
     registry = RunRegistry(tmp_path / "out")
     run_id = registry.add("ghost", tmp_path / "out" / "ghost", "classification", "tiny", "h", pid=dead.pid)
     view = client.get(f"/api/runs/{run_id}").json()
-    assert view["status"] == "lost" and "gone" in view["error"]
+    assert view["status_text"] == "failed (process ended)" and "gone" in view["error"]
     # a studio launch that fails before it registers: its one-line error and the last lines of its output
     values = classification_values(Path("/nonexistent/model"), tmp_path / "missing.csv", "broken", 3)
     started = client.post("/api/experiments", json={"values": values}).json()
@@ -362,7 +362,7 @@ def test_lost_and_failed_runs_show_their_error_and_last_log_lines(tmp_path):
     assert "missing.csv" in failed["error"] or "nonexistent" in failed["error"]
     assert 1 <= len(failed["log_tail"]) <= 30 and any(line.startswith("error:") for line in failed["log_tail"])
     table = {r["name"]: r for r in client.get("/api/runs").json()["runs"]}
-    assert table["broken"]["status"] == "failed" and table["ghost"]["status"] == "lost"
+    assert table["broken"]["status"] == "failed" and table["ghost"]["status"] == "failed"
     assert client.post(f"/api/runs/{run_id}/resume").status_code == 409  # no checkpoint
     assert client.delete(f"/api/runs/{started['id']}").status_code == 200
     assert "broken" not in {r["name"] for r in client.get("/api/runs").json()["runs"]}

@@ -409,20 +409,27 @@ def runs_list(output_directory: Path = OutputDirOption) -> None:
     table = Table(title=f"runs in {output_directory}")
     for column in ("id", "name", "status", "problem", "backbone", "metrics", "duration"):
         table.add_column(column)
-    for row in RunRegistry(output_directory).list():
+    rows = RunRegistry(output_directory).list()
+    for row in rows:
         after = row["metrics"].get("after", {})
         shown = ", ".join(f"{k} {v:.4g}" for k, v in list(after.items())[:3] if isinstance(v, (int, float)))
         duration = f"{row['ended'] - row['started']:.0f} s" if row["ended"] and row["started"] else "-"
         table.add_row(
             row["id"],
             row["name"],
-            row["status"],
+            row["status_text"],
             row["problem_type"] or "-",
             row["backbone"] or "-",
             shown or "-",
             duration,
         )
     console.print(table)
+    for row in rows:  # what a run that did not finish left, and how to continue it
+        if row["status"] in ("failed", "stopped"):
+            checkpoint = row["last_checkpoint"]
+            left = f"last checkpoint step {checkpoint['step']}" if checkpoint else "no checkpoint"
+            resume = f"; resume: {row['resume_command']}" if row["resume_command"] else ""
+            console.print(f"{row['id']} {row['name']} {row['status_text']}: {left}{resume}", markup=False)
 
 
 @runs_app.command("show")
@@ -430,7 +437,8 @@ def runs_show(
     run_id: str = typer.Argument(..., help="Run id (or a unique prefix, or its name)."),
     output_directory: Path = OutputDirOption,
 ) -> None:
-    """One run's record, final metrics and location."""
+    """One run's record, final metrics and location (and for a run that did not finish, its last checkpoint and the
+    command that resumes it)."""
     import json as _json
 
     from tunelab.runs import RunRegistry
@@ -696,7 +704,7 @@ def main() -> None:
     usage_errors, aborts = _click_exception_types()
     try:
         code = app(standalone_mode=False)
-        # Without standalone mode, typer returns the code of a typer.Exit (--help, --version, Ctrl-C) instead of exiting.
+        # Without standalone mode, typer returns the code of a typer.Exit (--help, --version, Ctrl-C), not exiting.
         if isinstance(code, int) and code:
             sys.exit(code)
     except TunelabError as exc:

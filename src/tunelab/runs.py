@@ -2,12 +2,19 @@
 
 Concurrent runs write to it safely: the database is in WAL mode, every write is one short transaction, and a locked
 database is retried with backoff.
+
+A run records its process (pid, the process's start time, the host). Reading the registry checks that a "running" run's
+process still lives, so a run killed without a word (SIGKILL, out of memory, a reboot) reads as "failed (process
+ended)" with its last checkpoint and the command that resumes it, instead of "running" forever. The start time makes
+a pid that the system gave to another process since count as ended.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
+import socket
 import sqlite3
 import time
 import uuid
@@ -32,10 +39,17 @@ CREATE TABLE IF NOT EXISTS runs (
     metrics TEXT,
     path TEXT NOT NULL,
     pid INTEGER,
-    error TEXT
+    error TEXT,
+    pid_start REAL,
+    host TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_path ON runs(path);
 """
+# Columns added after the first release: older registries get them on open.
+ADDED_COLUMNS = {"pid_start": "REAL", "host": "TEXT"}
+PROCESS_ENDED = "process ended"
+# How far a process's start time may differ from the recorded one and still be the same process (clock rounding).
+START_SLACK_S = 1.0
 
 
 class RegistryError(TunelabError):
@@ -62,6 +76,7 @@ class RunRegistry:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA busy_timeout=30000")
             conn.executescript(SCHEMA)
+            _add_missing_columns(conn)
             yield conn
         finally:
             conn.close()
@@ -97,9 +112,21 @@ class RunRegistry:
         """Register a run and return its id (a short unique string)."""
         run_id = uuid.uuid4().hex[:8]
         self._write(
-            "INSERT INTO runs (id, name, problem_type, backbone, config_hash, status, started, path, pid) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, name, problem_type, backbone, config_hash, status, time.time(), str(Path(path).resolve()), pid),
+            "INSERT INTO runs (id, name, problem_type, backbone, config_hash, status, started, path, pid, pid_start, "
+            "host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                name,
+                problem_type,
+                backbone,
+                config_hash,
+                status,
+                time.time(),
+                str(Path(path).resolve()),
+                pid,
+                process_start_time(pid),
+                socket.gethostname() if pid else None,
+            ),
         )
         return run_id
 
@@ -115,8 +142,8 @@ class RunRegistry:
         """Change a run's status, final metrics, error or process id (a resumed run runs in a new process)."""
         sets, params = [], []
         if pid is not None:
-            sets.append("pid = ?")
-            params.append(pid)
+            sets.append("pid = ?, pid_start = ?, host = ?")
+            params += [pid, process_start_time(pid), socket.gethostname()]
         if status is not None:
             assert status in STATUSES
             sets.append("status = ?")
@@ -141,13 +168,18 @@ class RunRegistry:
 
     # ------------------------------------------------------------------ reading
     def list(self) -> list[dict[str, Any]]:
-        """Every run, newest first."""
+        """Every run, newest first (as ``get`` describes them)."""
         with self._connect() as conn:
             rows = conn.execute("SELECT * FROM runs ORDER BY started DESC").fetchall()
         return [_as_dict(r) for r in rows]
 
     def get(self, run_id: str) -> dict[str, Any]:
         """One run by id (or a unique id prefix, or its name when that is unique).
+
+        Besides the stored columns, a run has ``status_detail`` ("process ended" for a run recorded as running whose
+        process is gone; its ``status`` then reads "failed"), ``status_text`` (status and detail in words),
+        ``last_checkpoint`` ({step, path} or None) and ``resume_command`` (for a failed or stopped run with a
+        checkpoint, else None).
 
         Raises:
             RegistryError: when nothing or several runs match.
@@ -177,10 +209,116 @@ class RunRegistry:
         return _as_dict(row) if row else None
 
 
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    have = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+    for name, kind in ADDED_COLUMNS.items():
+        if name not in have:
+            try:
+                conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as exc:  # another process added it a moment ago
+                if "duplicate column" not in str(exc):
+                    raise
+
+
 def _as_dict(row: sqlite3.Row) -> dict[str, Any]:
     out = dict(row)
     out["metrics"] = json.loads(out["metrics"]) if out.get("metrics") else {}
+    out["status_detail"] = None
+    if out["status"] == "running" and process_ended(out["pid"], out.get("pid_start"), out.get("host")):
+        out["status"], out["status_detail"] = "failed", PROCESS_ENDED
+        out["error"] = (
+            out.get("error")
+            or "the run's process is gone without recording an end (killed, out of memory, or the machine restarted)"
+        )
+        out["ended"] = out["ended"] or _last_activity(Path(out["path"]))
+    out["status_text"] = f"{out['status']} ({out['status_detail']})" if out["status_detail"] else out["status"]
+    out["last_checkpoint"] = last_checkpoint(Path(out["path"]))
+    resumable = out["status"] in ("failed", "stopped") and out["last_checkpoint"] is not None
+    out["resume_command"] = f"tunelab train --resume {out['path']}" if resumable else None
     return out
+
+
+def process_start_time(pid: int | None) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), or None when it does not run or cannot be seen."""
+    if not pid:
+        return None
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:  # no such process, no permission, or no psutil: the start time stays unknown
+        return None
+
+
+def process_ended(pid: int | None, started: float | None, host: str | None) -> bool:
+    """Whether the process recorded as (pid, start time, host) has surely ended.
+
+    A pid of another host, or a missing pid, cannot be checked: it counts as running. A zombie has ended. A live pid
+    whose start time differs from the recorded one is another process that got the pid since.
+    """
+    if not pid or (host and host != socket.gethostname()):
+        return False
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil comes with accelerate
+        return _ended_without_psutil(pid)
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return True
+        if started is not None:
+            return abs(proc.create_time() - started) > START_SLACK_S
+        # A registry written before start times were recorded: a live pid must at least be a tunelab command.
+        return not any("tunelab" in part for part in proc.cmdline())
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # another user's process: it exists, nothing more can be learned
+        return False
+
+
+def _ended_without_psutil(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+# Checkpoints are written as checkpoints/step-NNNNNN/ by renaming a finished temporary folder (training/checkpoint.py),
+# so a folder of that name is complete; it is read here without importing torch.
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def last_checkpoint(run_path: Path) -> dict[str, Any] | None:
+    """The newest checkpoint of a run directory as {step, path}, or None."""
+    root = run_path / "checkpoints"
+    found = []
+    try:
+        for folder in root.iterdir():
+            match = STEP_DIR.match(folder.name)
+            if match and (folder / "state.json").is_file():
+                found.append((int(match.group(1)), folder))
+    except OSError:
+        return None
+    if not found:
+        return None
+    step, folder = max(found)
+    return {"step": step, "path": str(folder)}
+
+
+def _last_activity(run_path: Path) -> float | None:
+    """When the run last wrote anything we know of: the best guess of when its process ended."""
+    times = []
+    for path in (run_path / "metrics.jsonl", run_path / "run.json", run_path / "checkpoints"):
+        try:
+            times.append(path.stat().st_mtime)
+        except OSError:
+            continue
+    return max(times) if times else None
 
 
 def config_hash(cfg_data: dict[str, Any]) -> str:

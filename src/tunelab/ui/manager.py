@@ -14,7 +14,7 @@ from typing import Any
 
 from tunelab.config import RunConfig, metric_key, save_config
 from tunelab.errors import TunelabError
-from tunelab.runs import RunRegistry
+from tunelab.runs import PROCESS_ENDED, RunRegistry
 from tunelab.ui.processes import Children, RecordStore, interrupt, last_error, tail
 
 LOG_TAIL = 30
@@ -166,7 +166,8 @@ class RunManager:
 
     def _live_pids(self, view: dict[str, Any]) -> list[int]:
         pids = [rec["pid"] for rec in self._launches_of(view) if self.children.alive(rec.get("pid"))]
-        if view.get("registry_pid") and self.children.alive(view["registry_pid"]):
+        # The registry checked its pid against the process's start time: a pid reused since is not the run.
+        if view.get("registry_running") and self.children.alive(view["registry_pid"]):
             pids.append(view["registry_pid"])
         return sorted(set(pids))
 
@@ -184,12 +185,13 @@ class RunManager:
             metrics: dict[str, Any] = {}
             error = None
         else:
-            registry_alive = self.children.alive(row["pid"])
+            # The registry checked a "running" run's process by pid and start time (and reads "failed" when it is
+            # gone), which also tells a run started from Python (no "tunelab" in its command line) from a reused pid.
             status = row["status"]
-            if status == "running" and not (live or registry_alive):
-                status = "lost"
-            elif status != "running" and live:
+            if status != "running" and live:
                 status = "resuming"
+            elif row["status_detail"] == PROCESS_ENDED and any(rec.get("stop_requested") for rec in own):
+                status = "stopped"  # asked to stop, and killed before it could record that
             path, name, started, ended = row["path"], row["name"], row["started"], row["ended"]
             problem_type, backbone, metrics, error = row["problem_type"], row["backbone"], row["metrics"], row["error"]
         if status == "running" and live and any(rec.get("stop_requested") for rec in live):
@@ -200,6 +202,7 @@ class RunManager:
             "launch_ids": [rec["id"] for rec in own],
             "registered": row is not None,
             "registry_pid": row["pid"] if row else None,
+            "registry_running": bool(row) and row["status"] == "running",
             "name": name,
             "status": status,
             "problem_type": problem_type,
@@ -210,7 +213,11 @@ class RunManager:
             "metrics": metrics,
             "error": error,
             "from_studio": bool(own),
+            "status_detail": row["status_detail"] if row and status == "failed" else None,
+            "last_checkpoint": row["last_checkpoint"] if row else None,
+            "resume_command": row["resume_command"] if row and status in ("failed", "stopped") else None,
         }
+        view["status_text"] = f"{status} ({view['status_detail']})" if view["status_detail"] else status
         view["duration"] = _duration(view)
         view.update(_live_metrics(Path(path), metrics))
         if status in ("failed", "lost") or (status == "stopped" and not view["registered"]):

@@ -22,7 +22,7 @@ TL.pages.run = {
         links.push(h("button", { onclick: () => { TL.presetRun = run.id; location.hash = "#/new"; } }, "New experiment from this config"));
       }
       head.replaceChildren(
-        h("h1", {}, run.name, " ", TL.badge(run.status)),
+        h("h1", {}, run.name, " ", TL.badge(run.status, run.status_text)),
         h("p", { class: "muted mono" }, run.path),
         h("table", { class: "kv" },
           h("tr", {}, h("th", {}, "id"), h("td", { class: "mono" }, run.id)),
@@ -33,7 +33,8 @@ TL.pages.run = {
         h("div", { class: "toolbar" }, TL.runActions(run, refresh, "normal"), links)
       );
       if (["failed", "lost"].includes(run.status) || (run.status === "stopped" && !run.registered)) {
-        errorBox.replaceChildren(TL.errorBox(run.error || "the run ended without a message", run.log_tail));
+        const resume = run.resume_command ? ` (continue with: ${run.resume_command})` : "";
+        errorBox.replaceChildren(TL.errorBox((run.error || "the run ended without a message") + resume, run.log_tail));
       } else if (run.status === "stopped") {
         errorBox.replaceChildren(h("div", { class: "note" }, "Stopped after saving a checkpoint: Resume continues exactly where it stopped."));
       } else errorBox.replaceChildren();

@@ -68,7 +68,7 @@ TL.pages.runs = {
             h("td", {}, box),
             h("td", {}, h("a", { href: `#/runs/${run.id}` }, run.name),
               run.error && ["failed", "lost"].includes(run.status) ? h("div", { class: "row-error" }, run.error) : null),
-            h("td", {}, TL.badge(run.status)),
+            h("td", {}, TL.badge(run.status, run.status_text)),
             h("td", {}, run.problem_type || "–"),
             h("td", { class: "mono" }, shortBackbone(run.backbone)),
             h("td", { class: "metrics" }, TL.metricsText(run)),

@@ -88,8 +88,8 @@ TL.time = function (epoch) {
   return epoch ? new Date(epoch * 1000).toLocaleString() : "–";
 };
 
-TL.badge = function (status) {
-  return TL.h("span", { class: `badge st-${status}`, "data-status": status }, status);
+TL.badge = function (status, text) {
+  return TL.h("span", { class: `badge st-${status}`, "data-status": status }, text || status);
 };
 
 // The key metric of a run for tables: "accuracy 0.95" (and two more).
