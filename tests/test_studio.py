@@ -25,15 +25,17 @@ from test_cli import TUNELAB, assert_one_line_error
 
 from tunelab.config import SECTIONS, RunConfig
 from tunelab.ui import StudioSettings, create_app
+from tunelab.ui.auth import LoginThrottle
 from tunelab.ui.processes import tunelab_process_alive
 from tunelab.ui.server import check_bind
 
 PASSWORD = "s3cret-pw"
+BASE_URL = "http://127.0.0.1:7860"  # the address a browser uses for a studio on its default port
 
 
-def studio_client(tmp_path: Path, password: str | None = None, max_upload_mb: float = 50) -> TestClient:
-    settings = StudioSettings(tmp_path / "out", tmp_path / "studio_data", password, max_upload_mb)
-    return TestClient(create_app(settings))
+def studio_client(tmp_path: Path, password: str | None = None, max_upload_mb: float = 50, **settings) -> TestClient:
+    studio = StudioSettings(tmp_path / "out", tmp_path / "studio_data", password, max_upload_mb, **settings)
+    return TestClient(create_app(studio), base_url=BASE_URL)
 
 
 def classification_values(model: Path, data: Path, name: str, steps: int) -> dict[str, str]:
@@ -146,7 +148,7 @@ def _unauthenticated_answers(client: TestClient) -> dict[str, int]:
 
 
 def test_every_page_and_api_call_requires_the_password(tmp_path):
-    client = studio_client(tmp_path, password=PASSWORD)
+    client = studio_client(tmp_path, password=PASSWORD, throttle=LoginThrottle(delay_s=0.01))
     answers = _unauthenticated_answers(client)
     api_routes = [r for r in all_routes(client.app) if isinstance(r, APIRoute) and r.path.startswith("/api/")]
     assert len(api_routes) >= 20 and len(answers) >= len(api_routes) + 2  # the index page and the static files too
@@ -183,9 +185,7 @@ def test_cross_site_writes_are_refused(tmp_path):
     )
     assert response.status_code == 403
     assert not (tmp_path / "studio_data" / "uploads" / "a.csv").exists()
-    same = client.post(
-        "/api/datasets/upload?name=a.csv", content=b"text,label\nx,y\n", headers={"Origin": "http://testserver"}
-    )
+    same = client.post("/api/datasets/upload?name=a.csv", content=b"text,label\nx,y\n", headers={"Origin": BASE_URL})
     assert same.status_code == 200
 
 

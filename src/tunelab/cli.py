@@ -34,6 +34,12 @@ err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 STATE = {"debug": False}
 
 SetOption = typer.Option(None, "--set", help="Override a field: section.field=value (repeatable).")
+AllowedHostOption = typer.Option(
+    None,
+    "--allowed-host",
+    help="Also answer to this Host name (repeatable; name or name:port). Loopback names and --host always are; "
+    "any other Host gets 400 (DNS rebinding).",
+)
 
 
 def _show_version(value: bool) -> None:
@@ -273,11 +279,22 @@ def serve(
     ),
     model_name: str | None = typer.Option(None, "--model-name", help="Model name to serve (default: the run's)."),
     max_batch_size: int = typer.Option(16, "--max-batch-size", min=1, help="Most requests generated together."),
+    allowed_hosts: list[str] | None = AllowedHostOption,
+    max_request_mb: float = typer.Option(4, "--max-request-mb", help="Largest request body accepted, in MB."),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/classify)."""
     from tunelab.infer.serve import serve as run_server
 
-    run_server(run_dir, host=host, port=port, api_key=api_key, model_name=model_name, max_batch_size=max_batch_size)
+    run_server(
+        run_dir,
+        host=host,
+        port=port,
+        api_key=api_key,
+        model_name=model_name,
+        max_batch_size=max_batch_size,
+        allowed_hosts=allowed_hosts or (),
+        max_request_mb=max_request_mb,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------- config
@@ -674,11 +691,12 @@ def studio(
     output_directory: Path = OutputDirOption,
     data_dir: Path = typer.Option(Path("studio_data"), "--data-dir", help="The studio's folder for uploads and logs."),
     max_upload_mb: float = typer.Option(50, "--max-upload-mb", help="Largest upload accepted, in MB."),
+    allowed_hosts: list[str] | None = AllowedHostOption,
 ) -> None:
     """Open the web studio: datasets, experiments with live charts, chat and export in the browser (works offline)."""
     from tunelab.ui import run_studio
 
-    run_studio(host, port, password, output_directory, data_dir, max_upload_mb)
+    run_studio(host, port, password, output_directory, data_dir, max_upload_mb, allowed_hosts=allowed_hosts or ())
 
 
 def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:

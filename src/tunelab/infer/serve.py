@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import queue
@@ -20,8 +20,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,13 +29,15 @@ import torch
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tunelab.data.collate import pad_left
 from tunelab.errors import TunelabError
+from tunelab.http_guard import HostAllowList, add_request_guard, is_loopback
 from tunelab.infer.generate import cut_at_stops, generation_kwargs, stop_strings
 from tunelab.infer.model import LoadedRun, load_run
 from tunelab.models.adapters import is_prompt_learning, unwrap
@@ -44,6 +46,7 @@ log = logging.getLogger("tunelab.serve")
 
 MAX_CHOICES = 128
 MAX_STOPS = 16
+DEFAULT_MAX_REQUEST_MB = 4.0
 # Fields of the OpenAI API whose meaning tunelab cannot honour: refusing beats silently answering something else.
 UNSUPPORTED = ("tools", "functions", "logprobs", "top_logprobs", "echo", "suffix", "logit_bias")
 
@@ -364,6 +367,52 @@ def context_length(loaded: LoadedRun) -> int:
     return loaded.cfg.tokenizer.max_length
 
 
+class TokenizerCopies:
+    """Copies of the run's tokenizer (and of its prompt renderer) lent to request threads, so that preparing one
+    request never waits for another, nor for the worker's tokenizer: a long prompt takes seconds to tokenise.
+
+    At most ``size`` copies are made (lazily); a request finding all of them lent waits for one. ``lock`` guards the
+    original, which the worker uses: a copy is made while the worker is not tokenising.
+    """
+
+    def __init__(self, tokenizer: Any, renderer: Any, lock: threading.Lock, size: int = 4):
+        self.tokenizer, self.renderer, self.original_lock, self.size = tokenizer, renderer, lock, size
+        self.free: queue.LifoQueue[tuple[Any, Any]] = queue.LifoQueue()
+        self.made = 0
+        self.lock = threading.Lock()
+
+    def _make(self) -> tuple[Any, Any]:
+        with self.original_lock:
+            tokenizer = copy.deepcopy(self.tokenizer)
+        renderer = None
+        if self.renderer is not None:
+            renderer = copy.copy(self.renderer)
+            renderer.tokenizer = tokenizer
+        return tokenizer, renderer
+
+    @contextmanager
+    def borrow(self) -> Iterator[tuple[Any, Any]]:
+        """``(tokenizer, renderer)`` for the duration of the block, used by this thread alone."""
+        try:
+            item = self.free.get_nowait()
+        except queue.Empty:
+            with self.lock:
+                make = self.made < self.size
+                self.made += make
+            item = self.free.get() if not make else None
+        if item is None:
+            try:
+                item = self._make()
+            except BaseException:
+                with self.lock:
+                    self.made -= 1
+                raise
+        try:
+            yield item
+        finally:
+            self.free.put(item)
+
+
 class ServedRun:
     """What the routes and the worker share: the loaded run, its public name, limits and default settings."""
 
@@ -379,8 +428,10 @@ class ServedRun:
                 hint="use 'tunelab predict' for this run",
             )
         self.tokenizer = loaded.tokenizer
-        # Fast tokenizers refuse concurrent use when a call changes their truncation: one user at a time.
+        # Fast tokenizers refuse concurrent use when a call changes their truncation: the worker's tokenizer has one
+        # user at a time, and request threads tokenise with copies of their own.
         self.tokenizer_lock = threading.Lock()
+        self.copies = TokenizerCopies(self.tokenizer, getattr(loaded.problem, "renderer", None), self.tokenizer_lock)
         self.context = context_length(loaded)
         self.device = next(loaded.model.parameters()).device
         self.created = int(time.time())
@@ -417,15 +468,14 @@ class ServedRun:
         """
         from jinja2 import TemplateError
 
-        renderer = self.loaded.problem.renderer
         limit = self.loaded.cfg.tokenizer.max_length_prompt
-        with self.tokenizer_lock:
+        with self.copies.borrow() as (tokenizer, renderer):
             try:
                 text = renderer.prompt_text(turns)
                 ids = renderer.prompt_ids(turns)
             except TemplateError as exc:
                 raise APIError(400, f"the run's chat template refused the messages: {exc}", param="messages") from exc
-            full = len(self.tokenizer(text, add_special_tokens=not renderer.use_template)["input_ids"])
+            full = len(tokenizer(text, add_special_tokens=not renderer.use_template)["input_ids"])
         if full > len(ids):
             message = (
                 f"the conversation is {full} tokens, but this run takes prompts of at most {limit} tokens "
@@ -437,14 +487,15 @@ class ServedRun:
     def completion_prompts(self, prompts: list[str | list[int]]) -> list[list[int]]:
         """Raw prompts tokenised as they are (no template); token-id prompts are checked against the vocabulary."""
         out = []
-        with self.tokenizer_lock:
+        with self.copies.borrow() as (tokenizer, _):
+            vocab = len(tokenizer)
             for prompt in prompts:
                 if isinstance(prompt, str):
-                    out.append(self.tokenizer(prompt)["input_ids"])
-                elif all(0 <= token < len(self.tokenizer) for token in prompt):
+                    out.append(tokenizer(prompt)["input_ids"])
+                elif all(0 <= token < vocab for token in prompt):
                     out.append(list(prompt))
                 else:
-                    raise APIError(400, f"token ids must lie in [0, {len(self.tokenizer)})", param="prompt")
+                    raise APIError(400, f"token ids must lie in [0, {vocab})", param="prompt")
         if not all(out):
             raise APIError(400, "the prompt has no tokens", param="prompt")
         return out
@@ -474,8 +525,8 @@ class ServedRun:
     def count_inputs(self, texts: list[str]) -> int:
         """Tokens the classifier reads (it cuts at ``tokenizer.max_length`` as in training); refuse what it can't."""
         limit = self.loaded.cfg.tokenizer.max_length
-        with self.tokenizer_lock:
-            lengths = [min(len(self.tokenizer(text)["input_ids"]), limit) for text in texts]
+        with self.copies.borrow() as (tokenizer, _):
+            lengths = [min(len(tokenizer(text)["input_ids"]), limit) for text in texts]
         if max(lengths) > self.context:
             message = f"an input is {max(lengths)} tokens, longer than this model's context of {self.context}"
             raise APIError(400, message, param="input", code="context_length_exceeded")
@@ -639,15 +690,38 @@ async def stream_events(job: GenerationJob, head: dict[str, Any], chat: bool, us
 
 def key_checker(api_key: str | None) -> Any:
     """A dependency that demands ``Authorization: Bearer <api_key>`` (nothing when there is no key)."""
+    # Digests of equal length: the comparison time tells nothing about the key, not even its length.
+    expected = hashlib.sha256(api_key.encode()).digest() if api_key else b""
 
     async def check(request: Request) -> None:
         if api_key is None:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        given = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
+        if not hmac.compare_digest(given, expected) or scheme.lower() != "bearer":
             raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
 
     return check
+
+
+def add_docs(app: FastAPI, key_check: Any) -> None:
+    """FastAPI's /docs, /redoc and /openapi.json, behind the API key (the schema names every endpoint and field).
+
+    A browser does not send the key by itself: with a key set, fetch /openapi.json with it (curl, a script).
+    """
+    guarded = [Depends(key_check)]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=guarded)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=guarded)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
 
 
 def create_app(
@@ -656,6 +730,8 @@ def create_app(
     model_name: str | None = None,
     max_batch_size: int = 16,
     batch_wait_ms: float = 10,
+    hosts: HostAllowList | None = None,
+    max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
 ) -> FastAPI:
     """The OpenAI-compatible app for a loaded run; its worker thread starts with the app and stops with it.
 
@@ -665,11 +741,14 @@ def create_app(
         model_name: the name clients use (default: the run's experiment name).
         max_batch_size: most sequences in one ``generate`` call (or texts in one classification batch).
         batch_wait_ms: how long the worker waits for more requests before it starts a batch.
+        hosts: the names the server answers to (default: loopback only); any other ``Host`` gets 400.
+        max_request_mb: the largest request body; a larger one gets 413 before it is read.
 
     Raises:
         TunelabError: for a run that cannot be served or batch settings out of range.
     """
     check_batching(max_batch_size, batch_wait_ms)
+    check_request_limit(max_request_mb)
     served = ServedRun(loaded, model_name)
     worker = BatchWorker(served, max_batch_size, batch_wait_ms)
 
@@ -679,10 +758,22 @@ def create_app(
         yield
         await run_in_threadpool(worker.stop)
 
-    app = FastAPI(title=f"tunelab serve: {served.name}", lifespan=lifespan)
+    # The documentation routes are added below, behind the key when there is one.
+    app = FastAPI(
+        title=f"tunelab serve: {served.name}", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.served, app.state.worker = served, worker
     install_error_handlers(app)
-    router = APIRouter(prefix="/v1", dependencies=[Depends(key_checker(api_key or None))])
+    key_check = key_checker(api_key or None)
+    add_docs(app, key_check)
+    router = APIRouter(prefix="/v1", dependencies=[Depends(key_check)])
+    limit = int(max_request_mb * 2**20)
+
+    def refuse(status: int, message: str) -> JSONResponse:
+        return APIError(status, message, code="request_too_large" if status == 413 else "host_not_allowed").response()
+
+    # Outermost: a foreign Host or an oversized body is refused before routing, the key check or JSON parsing.
+    add_request_guard(app, hosts or HostAllowList(), lambda scope: limit, refuse, "set by --max-request-mb")
 
     async def generation(body: GenerationBody, prompts: list[list[int]], chat: bool, param: str) -> Any:
         job = GenerationJob(asyncio.get_running_loop(), prompts, body.n or 1, served.settings(body, prompts, param))
@@ -774,17 +865,6 @@ def create_app(
 
 
 # ------------------------------------------------------------------ serving
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is reachable from this machine only (a name other than localhost is not trusted to be)."""
-    host = host.strip().strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_bind(host: str, api_key: str | None) -> None:
     """Refuse to expose a model beyond this machine without a key: anyone who can reach it could use it."""
     if not api_key and not is_loopback(host):
@@ -793,6 +873,11 @@ def check_bind(host: str, api_key: str | None) -> None:
             field="host",
             hint="pass --api-key KEY (clients then send 'Authorization: Bearer KEY'), or bind to 127.0.0.1",
         )
+
+
+def check_request_limit(max_request_mb: float) -> None:
+    if not 0 < max_request_mb <= 1024:
+        raise TunelabError(f"--max-request-mb must lie in (0, 1024], not {max_request_mb}", field="--max-request-mb")
 
 
 def check_batching(max_batch_size: int, batch_wait_ms: float) -> None:
@@ -830,6 +915,8 @@ def build_server(
     batch_wait_ms: float = 10,
     device: str | None = None,
     log_level: str = "info",
+    allowed_hosts: Sequence[str] = (),
+    max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
 ) -> tuple[Any, socket.socket]:
     """Everything ``serve`` runs: the uvicorn server and its bound socket. Checks come before the slow model load.
 
@@ -842,9 +929,12 @@ def build_server(
     api_key = api_key or None
     check_bind(host, api_key)
     check_batching(max_batch_size, batch_wait_ms)
+    check_request_limit(max_request_mb)
+    hosts = HostAllowList(host, allowed_hosts)
     sock = bind_socket(host, port)
     try:
-        app = create_app(load_run(run_dir, device=device), api_key, model_name, max_batch_size, batch_wait_ms)
+        loaded = load_run(run_dir, device=device)
+        app = create_app(loaded, api_key, model_name, max_batch_size, batch_wait_ms, hosts, max_request_mb)
     except BaseException:
         sock.close()
         raise
@@ -868,6 +958,8 @@ def serve(
     batch_wait_ms: float = 10,
     device: str | None = None,
     log_level: str = "info",
+    allowed_hosts: Sequence[str] = (),
+    max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
 ) -> None:
     """Serve a run directory over HTTP with the OpenAI API until interrupted.
 
@@ -881,12 +973,24 @@ def serve(
         batch_wait_ms: how long to wait for more requests before generating.
         device: where to load the model (default: a GPU when there is one).
         log_level: uvicorn's log level.
+        allowed_hosts: more names the server answers to (``Host``), beyond loopback and ``host``.
+        max_request_mb: the largest request body accepted.
 
     Raises:
         TunelabError: a public host without a key, a port in use, a run that cannot be served.
     """
     server, sock = build_server(
-        run_dir, host, port, api_key, model_name, max_batch_size, batch_wait_ms, device=device, log_level=log_level
+        run_dir,
+        host,
+        port,
+        api_key,
+        model_name,
+        max_batch_size,
+        batch_wait_ms,
+        device=device,
+        log_level=log_level,
+        allowed_hosts=allowed_hosts,
+        max_request_mb=max_request_mb,
     )
     with sock:
         server.run(sockets=[sock])

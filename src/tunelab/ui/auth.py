@@ -1,5 +1,5 @@
 """The studio's password: a login form that sets a signed cookie, or HTTP Basic for scripts; every page and every API
-call needs one of them when a password is set."""
+call needs one of them when a password is set. Wrong passwords, by either way, are throttled per client address."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import html
 import os
 import secrets
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, quote
 
@@ -20,6 +22,91 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 COOKIE = "tunelab_studio"
 SESSION_S = 7 * 24 * 3600
 OPEN_PATHS = ("/login", "/favicon.ico")
+MAX_CLIENTS = 10_000  # throttle records kept; beyond this, the stalest are forgotten
+
+
+class LockedOut(Exception):
+    """Too many wrong passwords from one client address: no password is checked for ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: float):
+        super().__init__(f"locked out for {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
+@dataclass
+class _Client:
+    failures: int = 0  # wrong passwords in a row
+    last_failure: float = 0.0
+    locked_until: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class LoginThrottle:
+    """Slows password guessing, per client address, for the login form and HTTP Basic alike.
+
+    Each wrong password is answered only after a delay that doubles with every wrong one in a row (``delay_s``,
+    2x, 4x, ... at most ``max_delay_s``); after ``max_failures`` in a row the address is locked out for ``lockout_s``:
+    its password attempts get 429 with Retry-After and are not checked at all. One address's attempts are checked one
+    at a time, so parallel guesses queue behind each other's delays. With the defaults, 200 wrong passwords in a row
+    take 111 s for the first ten, and the other 190 are refused unchecked. A right password resets the count.
+
+    Args:
+        delay_s: the delay after the first wrong password.
+        max_delay_s: the longest delay.
+        max_failures: wrong passwords in a row before the lockout.
+        lockout_s: how long a lockout lasts.
+        forget_s: a count of wrong passwords is forgotten after this long without another.
+        clock: the time source (monotonic seconds).
+        sleep: how to wait (tests pass one that advances their clock).
+    """
+
+    def __init__(
+        self,
+        delay_s: float = 1.0,
+        max_delay_s: float = 16.0,
+        max_failures: int = 10,
+        lockout_s: float = 300.0,
+        forget_s: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ):
+        self.delay_s, self.max_delay_s, self.max_failures = delay_s, max_delay_s, max_failures
+        self.lockout_s, self.forget_s, self.clock, self.sleep = lockout_s, forget_s, clock, sleep
+        self.clients: dict[str, _Client] = {}
+
+    def _client(self, address: str) -> _Client:
+        if address not in self.clients and len(self.clients) >= MAX_CLIENTS:
+            now = self.clock()
+            stale = [a for a, c in self.clients.items() if c.locked_until < now and not c.lock.locked()]
+            stale.sort(key=lambda a: self.clients[a].last_failure)
+            for old in stale[: max(len(stale) // 2, 1)]:
+                del self.clients[old]
+        return self.clients.setdefault(address, _Client())
+
+    async def check(self, address: str, password_ok: Callable[[], bool]) -> bool:
+        """Whether the password is right, after the delay a wrong one earns.
+
+        Raises:
+            LockedOut: while the address is locked out (the password is then not checked).
+        """
+        client = self._client(address)
+        async with client.lock:
+            now = self.clock()
+            if client.locked_until > now:
+                raise LockedOut(client.locked_until - now)
+            if now - client.last_failure > self.forget_s:
+                client.failures = 0
+            if password_ok():
+                client.failures = 0
+                return True
+            client.failures += 1
+            client.last_failure = now
+            delay = min(self.delay_s * 2 ** (client.failures - 1), self.max_delay_s)
+            if client.failures >= self.max_failures:
+                client.failures = 0
+                client.locked_until = now + delay + self.lockout_s
+            await self.sleep(delay)
+            return False
 
 
 class Auth:
@@ -28,11 +115,13 @@ class Auth:
     Args:
         password: the password, or None.
         secret_file: where the cookie-signing key is kept, so a studio restart does not log everyone out.
+        throttle: slows and locks out password guessing (default: ``LoginThrottle()``).
     """
 
-    def __init__(self, password: str | None, secret_file: Path):
+    def __init__(self, password: str | None, secret_file: Path, throttle: LoginThrottle | None = None):
         self.password = password or None
         self.key = _signing_key(secret_file, self.password) if self.password else b""
+        self.throttle = throttle or LoginThrottle()
 
     @property
     def enabled(self) -> bool:
@@ -40,7 +129,9 @@ class Auth:
 
     def password_ok(self, given: str) -> bool:
         assert self.password is not None
-        return hmac.compare_digest(given.encode(), self.password.encode())
+        # Digests of equal length: the comparison time tells nothing about the password, not even its length.
+        given_digest = hashlib.sha256(given.encode("utf-8", "surrogatepass")).digest()
+        return hmac.compare_digest(given_digest, hashlib.sha256(self.password.encode()).digest())
 
     def new_cookie(self) -> str:
         expires = str(int(time.time()) + SESSION_S)
@@ -55,20 +146,33 @@ class Auth:
             return False
         return hmac.compare_digest(signature.encode(), self._sign(expires).encode())
 
-    def basic_ok(self, header: str | None) -> bool:
-        scheme, _, encoded = (header or "").partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            _, _, given = base64.b64decode(encoded.strip()).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        return self.password_ok(given)
 
-    def allows(self, request: Request) -> bool:
-        if not self.enabled:
-            return True
-        return self.cookie_ok(request.cookies.get(COOKIE)) or self.basic_ok(request.headers.get("authorization"))
+def basic_password(header: str | None) -> str | None:
+    """The password of an HTTP Basic ``Authorization`` header (None: no such header, or not decodable)."""
+    scheme, _, encoded = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        _, _, given = base64.b64decode(encoded.strip()).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return given
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def locked_out(exc: LockedOut, api: bool, next_path: str = "/") -> Response:
+    """The answer to a locked-out client: 429 with Retry-After, as JSON for the API and as the login page otherwise."""
+    seconds = max(int(exc.retry_after + 0.999), 1)
+    message = f"too many wrong passwords from this address: try again in {seconds} s"
+    headers = {"Retry-After": str(seconds)}
+    if api:
+        return JSONResponse({"error": {"message": message, "field": None}}, status_code=429, headers=headers)
+    page = login_page(message, next_path, status=429)
+    page.headers.update(headers)
+    return page
 
 
 def _signing_key(path: Path, password: str) -> bytes:
@@ -96,15 +200,23 @@ async def guard(request: Request, call_next) -> Response:  # noqa: ANN001 - star
     auth: Auth = request.app.state.auth
     if not same_origin(request):
         return JSONResponse({"error": {"message": "cross-site request refused", "field": None}}, status_code=403)
-    if request.url.path in OPEN_PATHS or auth.allows(request):
+    path = request.url.path
+    if path in OPEN_PATHS or not auth.enabled or auth.cookie_ok(request.cookies.get(COOKIE)):
         return await call_next(request)
+    given = basic_password(request.headers.get("authorization"))
+    if given is not None:
+        try:
+            if await auth.throttle.check(client_address(request), lambda: auth.password_ok(given)):
+                return await call_next(request)
+        except LockedOut as exc:
+            return locked_out(exc, api=path.startswith("/api/"), next_path=path)
     if request.url.path.startswith("/api/"):
         message = "this studio needs its password: log in at /login (or send HTTP Basic credentials)"
         return JSONResponse({"error": {"message": message, "field": None}}, status_code=401)
     return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
 
 
-def login_page(error: str = "", next_path: str = "/") -> HTMLResponse:
+def login_page(error: str = "", next_path: str = "/", status: int = 401) -> HTMLResponse:
     """The login form (self-contained: it must show before any other file may be read)."""
     message = f'<p class="err">{html.escape(error)}</p>' if error else ""
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>tunelab studio · log in</title>
@@ -115,7 +227,7 @@ input{{width:100%;padding:.5rem;margin:.5rem 0 1rem;box-sizing:border-box}}butto
 <h2>tunelab studio</h2>{message}<label>Password<input type="password" name="password" autofocus></label>
 <input type="hidden" name="next" value="{html.escape(next_path)}"><button type="submit">Log in</button></form>
 </body></html>"""
-    return HTMLResponse(body, status_code=401 if error else 200)
+    return HTMLResponse(body, status_code=status if error else 200)
 
 
 async def login(request: Request) -> Response:
@@ -128,8 +240,11 @@ async def login(request: Request) -> Response:
         next_path = "/"  # never redirect to another site
     if not auth.enabled:
         return RedirectResponse(next_path, status_code=303)
-    if not auth.password_ok(given):
-        await asyncio.sleep(1.0)  # slows down guessing
+    try:
+        right = await auth.throttle.check(client_address(request), lambda: auth.password_ok(given))
+    except LockedOut as exc:
+        return locked_out(exc, api=False, next_path=next_path)
+    if not right:
         return login_page("wrong password", next_path)
     response = RedirectResponse(next_path, status_code=303)
     response.set_cookie(COOKIE, auth.new_cookie(), max_age=SESSION_S, httponly=True, samesite="strict")

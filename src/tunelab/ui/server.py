@@ -16,7 +16,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.errors import TunelabError
-from tunelab.ui.auth import Auth, guard, login, login_page
+from tunelab.http_guard import HostAllowList, add_request_guard, is_loopback
+from tunelab.ui.auth import Auth, LoginThrottle, guard, login, login_page
 from tunelab.ui.chat import ChatModels
 from tunelab.ui.exports import ExportManager
 from tunelab.ui.manager import RunActionError, RunManager
@@ -24,6 +25,7 @@ from tunelab.ui.processes import Children
 from tunelab.ui.uploads import UploadError
 
 STATIC = Path(str(resources.files("tunelab.ui") / "static"))
+UPLOAD_PATH = "/api/datasets/upload"
 
 
 @dataclass
@@ -35,12 +37,20 @@ class StudioSettings:
         data_dir: the studio's own folder: uploads, experiment configs, launch records, logs.
         password: required for every page and API call when set.
         max_upload_mb: the largest upload accepted.
+        host: the address the studio listens on (a name it answers to).
+        allowed_hosts: more names the studio answers to (``--allowed-host``); any other ``Host`` gets 400.
+        max_request_mb: the largest body of any other request (JSON, the login form).
+        throttle: slows and locks out password guessing (tests pass quick timings).
     """
 
     output_dir: Path
     data_dir: Path
     password: str | None = None
     max_upload_mb: float = 50
+    host: str = "127.0.0.1"
+    allowed_hosts: tuple[str, ...] = ()
+    max_request_mb: float = 1
+    throttle: LoginThrottle | None = None
 
     @property
     def max_upload_bytes(self) -> int:
@@ -90,6 +100,11 @@ def install_errors(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _request(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
+        if first.get("type") == "json_invalid":  # its 'loc' holds a character position, not a field
+            reason = first.get("ctx", {}).get("error") or "not JSON"
+            where = first["loc"][-1] if isinstance(first["loc"][-1], int) else None
+            at = f" at character {where}" if where is not None else ""
+            return JSONResponse(error_body(f"the request body is not valid JSON: {reason}{at}"), status_code=400)
         field = ".".join(str(p) for p in first["loc"] if p not in ("body", "query"))
         return JSONResponse(error_body(f"{field or 'request'}: {first['msg']}", field or None), status_code=400)
 
@@ -117,9 +132,20 @@ def create_app(settings: StudioSettings) -> FastAPI:
     # No /docs: FastAPI's documentation pages load their scripts from the internet.
     app = FastAPI(title="tunelab studio", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.studio = studio
-    app.state.auth = Auth(settings.password, studio.data_dir / ".studio_secret")
+    app.state.auth = Auth(settings.password, studio.data_dir / ".studio_secret", settings.throttle)
     app.middleware("http")(guard)
     install_errors(app)
+    request_limit = int(settings.max_request_mb * 2**20)
+
+    def body_limit(scope: Any) -> int | None:
+        return None if scope["path"] == UPLOAD_PATH else request_limit  # the upload route streams under its own limit
+
+    def refuse(status: int, message: str) -> JSONResponse:
+        return JSONResponse(error_body(message), status_code=status)
+
+    # Added last, so it runs first: a foreign Host or an oversized body never reaches the password check or a route.
+    hosts = HostAllowList(settings.host, settings.allowed_hosts)
+    add_request_guard(app, hosts, body_limit, refuse, "uploads have their own limit, --max-upload-mb")
     for module in (routes_data, routes_runs, routes_infer):
         app.include_router(module.router)
 
@@ -135,17 +161,6 @@ def create_app(settings: StudioSettings) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is reachable from this machine only (``tunelab serve``'s rule, without importing torch)."""
-    import ipaddress
-
-    host = host.strip().strip("[]").lower()
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(host: str, password: str | None) -> None:
@@ -169,28 +184,32 @@ def run_studio(
     output_directory: str | Path = "output",
     data_dir: str | Path = "studio_data",
     max_upload_mb: float = 50,
+    allowed_hosts: tuple[str, ...] | list[str] = (),
 ) -> None:
     """Serve the studio until interrupted.
 
     Raises:
-        TunelabError: a public host without a password, a bad upload limit, a port in use.
+        TunelabError: a public host without a password, a bad upload limit or allowed host, a port in use.
     """
     password = password or None
     check_bind(host, password)
     if max_upload_mb <= 0:
         raise TunelabError(f"--max-upload-mb must be above 0, not {max_upload_mb}", field="--max-upload-mb")
+    hosts = HostAllowList(host, allowed_hosts)  # a bad --allowed-host is told before the port is taken
     import uvicorn
 
     from tunelab.infer.serve import bind_socket  # a port in use is told in one line
 
-    settings = StudioSettings(Path(output_directory), Path(data_dir), password, max_upload_mb)
+    settings = StudioSettings(
+        Path(output_directory), Path(data_dir), password, max_upload_mb, host=host, allowed_hosts=tuple(allowed_hosts)
+    )
     sock = bind_socket(host, port)
     app = create_app(settings)
     shown = f"[{host}]" if ":" in host else host
     print(
         f"tunelab studio on http://{shown}:{sock.getsockname()[1]}/ (runs in {settings.output_dir}, "
-        f"studio files in {settings.data_dir}{', password required' if password else ''}); Ctrl-C stops the studio, "
-        "not the runs",
+        f"studio files in {settings.data_dir}{', password required' if password else ''}; answers to "
+        f"{hosts.names()}); Ctrl-C stops the studio, not the runs",
         flush=True,
     )
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3)
