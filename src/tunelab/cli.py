@@ -114,6 +114,8 @@ def train(
         console.print(f"[bold]quick start[/]: {cfg.llm_backbone} + LoRA on {cfg.dataset.train_dataframe}")
     else:
         cfg = load_config(config, overrides)
+    if int(os.environ.get("RANK", "0")) == 0:
+        show_warnings(cfg)
     if (nproc > 1 or nnodes > 1) and not in_distributed_launch():
         import subprocess
 
@@ -298,6 +300,12 @@ def serve(
 
 
 # ---------------------------------------------------------------------------------------------------------- config
+def show_warnings(cfg: Any) -> None:
+    """Print the config's fields that another field turns off (valid, but without effect), one line each."""
+    for path, message in cfg.warnings():
+        err_console.print(f"warning: {path}: {message}", markup=False)
+
+
 @config_app.command("init")
 def config_init(
     problem_type: str = typer.Option("causal_lm", "--problem-type", help="causal_lm, classification or regression."),
@@ -327,13 +335,16 @@ def config_validate(
     config: Path = typer.Argument(..., help="YAML config to check."),
     overrides: list[str] | None = SetOption,
 ) -> None:
-    """Check a config and every row of its data files against it, without loading a model."""
+    """Check a config, its backbone and every row of its data files against it, without loading a model; report
+    fields that another field turns off."""
     from tunelab.config import load_config
     from tunelab.data.formats import check_file, resolve_data
-    from tunelab.models.load import check_backbone
+    from tunelab.models.load import check_dtype_for_device, verify_backbone
 
     cfg = load_config(config, overrides)
-    check_backbone(cfg.llm_backbone)  # the form only: a hub id is not looked up
+    show_warnings(cfg)
+    check_dtype_for_device(cfg.architecture)
+    console.print(verify_backbone(cfg.llm_backbone), markup=False)
     if not cfg.dataset.train_dataframe:
         raise TunelabError("no training data set", file=str(config), field="dataset.train_dataframe")
     for note in resolve_data(cfg):

@@ -401,7 +401,16 @@ class TrainingConfig(Section):
     schedule: Literal["Cosine", "Linear", "Constant"] = Field(
         "Cosine", description="Learning-rate schedule after warm-up."
     )
-    warmup_epochs: float = Field(0.0, ge=0, description="Linear warm-up length in epochs (fractions allowed).")
+    warmup_epochs: float = Field(
+        0.0,
+        ge=0,
+        description="Linear warm-up length in epochs (fractions allowed). Give warm-up one way only: warmup_epochs, "
+        "warmup_steps or warmup_ratio; the other two stay 0.",
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up length in optimizer steps (instead of epochs).")
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Linear warm-up length as a share of all optimizer steps (instead of epochs)."
+    )
     weight_decay: float = Field(
         0.0, ge=0, description="Decoupled weight decay; never applied to biases or normalisation weights."
     )
@@ -464,9 +473,17 @@ class TrainingConfig(Section):
     )
     metric_for_best: str = Field(
         "",
-        description="Metric that picks the best checkpoint and drives early stopping (e.g. loss, bleu, accuracy); "
+        description="Metric that picks the best checkpoint and drives early stopping: any metric evaluation logs "
+        "(e.g. loss, bleu, rouge_l, accuracy; the logged names eval_loss, val_loss, eval_bleu... mean the same); "
         "empty = prediction.metric. Lower is better for loss and perplexity, higher for the rest.",
     )
+
+    @field_validator("metric_for_best")
+    @classmethod
+    def _logged_metric_name(cls, value: str) -> str:
+        # metrics.jsonl and the Hugging Face Trainer name validation metrics eval_loss, val_loss...: the same metric.
+        return re.sub(r"^(eval|val|validation)[_/]", "", value.strip(), flags=re.IGNORECASE)
+
     early_stopping_patience: int = Field(
         0, ge=0, description="Stop after this many evaluations without improvement of metric_for_best; 0 = off."
     )
@@ -792,6 +809,14 @@ class RunConfig(BaseModel):
             found.append(
                 ("training.trainable_layers", "freeze trains nothing: set trainable_layers or trainable_patterns")
             )
+        warmups = [name for name in ("warmup_epochs", "warmup_steps", "warmup_ratio") if getattr(self.training, name)]
+        if len(warmups) > 1:
+            found.append(
+                (
+                    f"training.{warmups[1]}",
+                    f"warm-up is given twice ({' and '.join(warmups)}): set one of them, the other to 0",
+                )
+            )
         if (self.training.use_dora or self.training.use_rslora) and self.training.adapter != "lora":
             found.append(("training.use_dora", "use_dora and use_rslora are LoRA options (training.adapter: lora)"))
         if self.problem_type == "causal_lm" and not self.dataset.answer_column:
@@ -846,9 +871,58 @@ class RunConfig(BaseModel):
         return found
 
     def all_metrics(self) -> list[str]:
-        """The configured metrics (``prediction.metric`` first, then ``prediction.metrics``), as written."""
+        """The configured metrics (``prediction.metric`` first, then ``prediction.metrics``, then the problem type's
+        metric that ``training.metric_for_best`` names, so that it is computed), as written."""
         out = [self.prediction.metric] if self.prediction.metric else []
-        return out + [m for m in self.prediction.metrics if m not in out]
+        out += [m for m in self.prediction.metrics if m not in out]
+        best = self.training.metric_for_best.lower()
+        named = [m for m in PROBLEM_METRICS[self.problem_type] if m.lower() == best]
+        return out + [m for m in named if m.lower() not in {metric_key(o) for o in out}]
+
+    def warnings(self) -> list[tuple[str, str]]:
+        """Fields set to values that another field turns off, as (dotted field path, message): valid, but ignored."""
+        found = []
+        aug, ds, t, arch = self.augmentation, self.dataset, self.training, self.architecture
+        if aug.token_mask_probability > 0 and self.problem_type != "causal_lm":
+            found.append(("augmentation.token_mask_probability", f"applies to causal_lm, not {self.problem_type}"))
+        elif aug.token_mask_probability > 0 and not ds.mask_prompt_labels:
+            found.append(
+                (
+                    "augmentation.token_mask_probability",
+                    "masks prompt tokens, and with dataset.mask_prompt_labels: false every token is trained, so "
+                    "none is masked; set mask_prompt_labels: true or token_mask_probability: 0",
+                )
+            )
+        if t.max_steps > 0 and "epochs" in t.model_fields_set:
+            found.append(("training.epochs", f"ignored: training.max_steps ({t.max_steps}) decides the length"))
+        if t.eval_steps > 0 and "evaluation_epochs" in t.model_fields_set:
+            found.append(("training.evaluation_epochs", f"ignored: training.eval_steps ({t.eval_steps}) is set"))
+        if t.save_steps > 0 and t.save_epochs > 0 and "save_epochs" in t.model_fields_set:
+            found.append(("training.save_epochs", f"ignored: training.save_steps ({t.save_steps}) is set"))
+        adapter_fields = {
+            ("lora_r", "lora_alpha", "lora_dropout"): ("lora",),
+            ("lora_target_modules",): ("lora", "ia3"),
+            ("num_virtual_tokens",): ("prefix_tuning", "prompt_tuning"),
+            ("trainable_layers", "trainable_patterns"): ("freeze",),
+        }
+        for names, adapters in adapter_fields.items():
+            for name in names:
+                if name in t.model_fields_set and t.adapter not in adapters:
+                    found.append((f"training.{name}", f"ignored: applies to {' and '.join(adapters)}, not {t.adapter}"))
+        if t.padding_free and "padding_free" in t.model_fields_set and t.packing:
+            found.append(("training.padding_free", "ignored: training.packing lays out the rows itself"))
+        for name in ("quantization", "double_quantization"):
+            if name in arch.model_fields_set and arch.backbone_dtype != "int4":
+                found.append(
+                    (f"architecture.{name}", f"ignored: applies to backbone_dtype int4, not {arch.backbone_dtype}")
+                )
+        if "compute_dtype" in arch.model_fields_set and arch.backbone_dtype not in ("int8", "int4"):
+            found.append(("architecture.compute_dtype", "ignored: applies to quantised backbones (int8, int4)"))
+        if ds.use_chat_template is True:
+            for name in ("add_eos_token_to_system", "add_eos_token_to_prompt", "add_eos_token_to_answer"):
+                if name in ds.model_fields_set:
+                    found.append((f"dataset.{name}", "ignored: the chat template (use_chat_template: true) decides"))
+        return found
 
     def metric_names(self) -> list[str]:
         """The lower-case metric keys evaluation can report for this run (``loss`` included)."""
@@ -881,25 +955,60 @@ def all_field_paths() -> list[str]:
     return paths
 
 
+# Names other tools give our fields (Hugging Face Trainer, PEFT, Axolotl, LLaMA-Factory): not close in spelling.
+OTHER_TOOLS_NAMES = {
+    "max_grad_norm": "training.gradient_clip",
+    "num_train_epochs": "training.epochs",
+    "num_epochs": "training.epochs",
+    "lr": "training.learning_rate",
+    "lr_scheduler_type": "training.schedule",
+    "lr_scheduler": "training.schedule",
+    "optim": "training.optimizer",
+    "per_device_train_batch_size": "training.batch_size",
+    "micro_batch_size": "training.batch_size",
+    "gradient_accumulation_steps": "training.grad_accumulation",
+    "eval_strategy": "training.eval_steps",
+    "evaluation_strategy": "training.eval_steps",
+    "metric_for_best_model": "training.metric_for_best",
+    "model_name_or_path": "llm_backbone",
+    "base_model": "llm_backbone",
+}
+# How alike (difflib ratio) an unknown name and a field of its section must be to be suggested.
+SUGGEST_CUTOFF = 0.75
+
+
 def _suggest(path: str) -> str:
-    """A 'did you mean' for an unknown dotted field path."""
+    """A 'did you mean' for an unknown field path: the same name in another section, another tool's name for a
+    field, or the most similar name in the same section (never a look-alike from an unrelated section)."""
     valid = all_field_paths()
-    leaf = path.split(".")[-1]
-    # Same name in another section first (a right key in the wrong place), then spelling mistakes.
+    parts = path.split(".")
+    leaf, section = parts[-1], parts[0] if len(parts) == 2 else None
+    if section is not None and section not in SECTIONS:
+        close = difflib.get_close_matches(section, list(SECTIONS), n=1, cutoff=SUGGEST_CUTOFF)
+        if close and f"{close[0]}.{leaf}" in valid:
+            return f"did you mean '{close[0]}.{leaf}'?"
+        if close:
+            return f"did you mean section '{close[0]}'?"
     moved = [p for p in valid if p.split(".")[-1] == leaf and p != path]
-    if moved:
+    if moved:  # a right name in the wrong place
         return f"did you mean '{moved[0]}'?"
-    close = difflib.get_close_matches(path, valid, n=1, cutoff=0.6) or difflib.get_close_matches(
-        leaf, [p.split(".")[-1] for p in valid], n=1, cutoff=0.6
-    )
-    if close:
-        match = (
-            close[0]
-            if "." in close[0] or close[0] in RunConfig.model_fields
-            else next(p for p in valid if p.split(".")[-1] == close[0])
-        )
-        return f"did you mean '{match}'?"
-    return "run 'tunelab config init' to see every field"
+    if leaf.lower() in OTHER_TOOLS_NAMES:
+        return f"did you mean '{OTHER_TOOLS_NAMES[leaf.lower()]}'?"
+    if section in SECTIONS:
+        names = list(SECTIONS[section].model_fields)
+        close = difflib.get_close_matches(leaf, names, n=1, cutoff=SUGGEST_CUTOFF)
+        if close:
+            return f"did you mean '{section}.{close[0]}'?"
+    elif section is None:  # a top-level name: a field, a section, or a section's field written without its section
+        top = [p for p in valid if "." not in p] + list(SECTIONS)
+        close = difflib.get_close_matches(leaf, top, n=1, cutoff=SUGGEST_CUTOFF)
+        close = close or difflib.get_close_matches(leaf, [p for p in valid if "." in p], n=1, cutoff=SUGGEST_CUTOFF)
+        leaves = {p.split(".")[-1]: p for p in valid if "." in p}
+        close = close or [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=SUGGEST_CUTOFF)]
+        if close:
+            return f"did you mean '{close[0]}'?"
+    where = f"the fields of '{section}'" if section in SECTIONS else "every field"
+    return f"see {where} in docs/config.md or 'tunelab config init'"
 
 
 def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:

@@ -146,6 +146,128 @@ def check_backbone(name: str) -> tuple[str, str]:
     )
 
 
+# Files a transformers model folder keeps its weights and its tokenizer in (any one of each will do).
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+HUB_CHECK_TIMEOUT_S = 10
+
+
+def verify_backbone(name: str) -> str:
+    """Resolve ``llm_backbone`` as far as can be done without loading weights (``config validate``): a built-in
+    model is installed; a folder has a readable config.json, weights and tokenizer files; a .gguf file is GGUF; a hub
+    id is in the hub cache or, with the network, exists on the hub (offline it cannot be checked, which is said).
+
+    Returns:
+        One line saying what the backbone is and how far it was checked.
+
+    Raises:
+        ModelError: for a backbone that cannot load.
+    """
+    kind, value = check_backbone(name)
+    if kind == "builtin":
+        return f"backbone: built-in model {value} (installed)"
+    if kind == "gguf":
+        with open(value, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise ModelError("not a GGUF file (it does not start with 'GGUF')", file=value, field="llm_backbone")
+        return f"backbone: GGUF file {value} (converted to safetensors once, on first use)"
+    if kind == "run":
+        return f"backbone: the run {value}"
+    if kind == "folder":
+        return _verify_folder(Path(value))
+    return _verify_hub_id(value)
+
+
+def _verify_folder(path: Path) -> str:
+    config = load_model_config(str(path))  # a broken config.json or an architecture transformers does not know
+    if not any(next(path.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        raise ModelError(
+            "folder has config.json but no weights (*.safetensors or *.bin)", file=str(path), field="llm_backbone"
+        )
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(
+            "folder has no tokenizer files",
+            file=str(path),
+            field="llm_backbone",
+            hint="save the tokenizer next to the model (tokenizer.save_pretrained(folder))",
+        )
+    return f"backbone: local folder {path} ({getattr(config, 'model_type', '?')})"
+
+
+def _verify_hub_id(name: str) -> str:
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    repo, revision = split_revision(name)
+    cached = try_to_load_from_cache(repo, "config.json", revision=revision.get("revision"))
+    if isinstance(cached, str):
+        return f"backbone: hub model {name} (in the local hub cache)"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return f"backbone: hub model {name}: could not be checked (offline, HF_HUB_OFFLINE=1); training downloads it"
+    try:
+        HfApi().model_info(repo, timeout=HUB_CHECK_TIMEOUT_S, **revision)
+    except GatedRepoError:
+        return f"backbone: hub model {name} (gated: accept its licence on huggingface.co and log in)"
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise _hub_error(name, exc) from None
+    except Exception as exc:  # no network, a proxy, a timeout: nothing is known about the model
+        why = type(exc).__name__
+        return f"backbone: hub model {name}: could not be checked (the hub could not be reached: {why})"
+    return f"backbone: hub model {name} (found on the hub)"
+
+
+def accelerator_available() -> bool:
+    """Whether torch sees a GPU-like device (CUDA/ROCm, Apple MPS, Intel XPU) to train on."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return bool(
+        torch.cuda.is_available()
+        or (mps is not None and mps.is_available())
+        or (xpu is not None and hasattr(xpu, "is_available") and xpu.is_available())
+    )
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), so bfloat16 is faster than float32."""
+    import torch
+
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(torch.cpu, probe, None)
+        if check is not None and check():
+            return True
+    return False
+
+
+def check_dtype_for_device(arch: Any) -> None:
+    """Refuse float16 weights or matrix products where there is no GPU: CPUs emulate float16 matrix products, many
+    times slower than float32.
+
+    Raises:
+        ConfigError: naming the field and the data types this machine runs well.
+    """
+    from tunelab.errors import ConfigError
+
+    if matmul_dtype(arch) != "float16" or accelerator_available():
+        return
+    choices = "float32 or bfloat16 (this CPU computes bfloat16 natively)" if cpu_has_bf16() else "float32"
+    field = "architecture.backbone_dtype" if arch.backbone_dtype == "float16" else "architecture.compute_dtype"
+    raise ConfigError(
+        "float16 on a machine without a GPU: CPUs emulate float16 matrix products, many times slower than float32",
+        field=field,
+        hint=f"set {field.split('.')[-1]} to {choices}; float16 is for GPUs",
+    )
+
+
 def hub_id_problem(name: str) -> str | None:
     """Why ``name`` is not a hub id ``name``, ``org/name`` or ``org/name@revision``; None when it is one."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -27,3 +28,13 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: compute_lr_factor(step, total_steps, warmup_steps, kind)
     )
+
+
+def compute_warmup_steps(training: Any, steps_per_epoch: int, total_steps: int) -> int:
+    """Warm-up length in optimizer steps from whichever of ``warmup_steps``, ``warmup_ratio`` (of all steps) or
+    ``warmup_epochs`` the config gives (the config allows only one to be non-zero)."""
+    if training.warmup_steps:
+        return min(training.warmup_steps, total_steps)
+    if training.warmup_ratio:
+        return round(training.warmup_ratio * total_steps)
+    return round(training.warmup_epochs * steps_per_epoch)

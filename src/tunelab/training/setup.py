@@ -17,11 +17,17 @@ from tunelab.data.inspect import DataReport, batching_mode, compute_report, enfo
 from tunelab.data.pipeline import DataSplits, build_splits, source_name
 from tunelab.data.tokenize import EncodedSplit
 from tunelab.models.adapters import ParameterCount, apply_adapter, count_parameters
-from tunelab.models.load import load_backbone, load_tokenizer, quantization_config, resolve_backbone
+from tunelab.models.load import (
+    check_dtype_for_device,
+    load_backbone,
+    load_tokenizer,
+    quantization_config,
+    resolve_backbone,
+)
 from tunelab.problems import build_problem
 from tunelab.training.memory import install_memory_release
 from tunelab.training.optim import build_optimizer
-from tunelab.training.schedule import build_scheduler
+from tunelab.training.schedule import build_scheduler, compute_warmup_steps
 
 
 class LossModule(torch.nn.Module):
@@ -174,7 +180,9 @@ def prepare_data(
 
     Raises:
         DataError: for bad data, or (when ``check``) data the contract check rejects.
+        ConfigError: for float16 on a machine without a GPU.
     """
+    check_dtype_for_device(cfg.architecture)  # before any data work: the run would crawl
     source = resolve_backbone(cfg.llm_backbone)
     tokenizer = load_tokenizer(source)
     problem = build_problem(cfg, tokenizer)
@@ -248,7 +256,7 @@ def setup(cfg: RunConfig, seed: int, check: bool = True, console: Any = None) ->
     repeat = getattr(problem, "batch_repeats", 1)
     batches = build_batches(cfg, data.train, seed, accelerator.process_index, accelerator.num_processes, repeat)
     steps_per_epoch, total_steps = count_steps(cfg, len(batches))
-    warmup = round(cfg.training.warmup_epochs * steps_per_epoch)
+    warmup = compute_warmup_steps(cfg.training, steps_per_epoch, total_steps)
     scheduler = build_scheduler(optimizer, cfg.training.schedule, total_steps, warmup)
     collator = Collator(problem, data.train, train=True, seed=seed)
     # The loader gets its own generator: creating an iterator must not draw from the global RNG (dropout's).
