@@ -10,10 +10,14 @@ __all__ = ["RunConfig", "Runner", "RunResult", "TunelabError", "load_config", "t
 
 def __getattr__(name: str) -> Any:
     # Lazy, so `import tunelab` and `tunelab --help` don't pay for torch and transformers.
-    if name in ("Runner", "train"):
+    if name == "Runner":
+        from tunelab.runner import Runner
+
+        return Runner
+    if name == "train":
         from tunelab import api
 
-        return getattr(api, name)
+        return api.train
     if name == "RunResult":
         from tunelab.training.loop import RunResult
 
