@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ class RunDirectory:
         path = cfg.run_dir
         if path.exists() and not path.is_dir():
             raise RunDirError("run directory path is a file", file=str(path))
+        cls.check_writable(path)
         if path.exists() and any(path.iterdir()):
             if not force:
                 raise RunDirError(
@@ -58,6 +61,33 @@ class RunDirectory:
                     file=str(path),
                     hint="choose another output_directory or experiment_name",
                 )
+
+    @staticmethod
+    def check_writable(path: Path) -> None:
+        """Make sure ``path`` can be made and written, by making (and removing) a folder in its nearest existing
+        parent: permissions, read-only file systems and a file in the way all show up before any data work.
+
+        Raises:
+            RunDirError: naming the place that cannot be written.
+        """
+        existing = Path(path).absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise RunDirError(
+                f"cannot make the run directory: {existing} is a file, not a folder",
+                file=str(path),
+                hint="choose another output_directory",
+            )
+        try:
+            probe = tempfile.mkdtemp(prefix=".tunelab-write-check.", dir=existing)
+        except OSError as exc:
+            raise RunDirError(
+                f"cannot write in {existing} ({exc.strerror or type(exc).__name__})",
+                file=str(path),
+                hint="choose an output_directory you can write to",
+            ) from None
+        os.rmdir(probe)
 
     @classmethod
     def create(cls, cfg: RunConfig, force: bool = False) -> RunDirectory:
