@@ -117,7 +117,7 @@ def train(
     if int(os.environ.get("RANK", "0")) == 0:
         show_warnings(cfg)
     if (nproc > 1 or nnodes > 1) and not in_distributed_launch():
-        import subprocess
+        from tunelab.training.launch import run_launched
 
         args = sys.argv[sys.argv.index("train") + 1 :]
         args = _without_launch_options(args)
@@ -132,7 +132,7 @@ def train(
             master_port,
         )
         console.print(f"launching {nproc * nnodes} processes: {' '.join(command)}")
-        sys.exit(subprocess.call(command))
+        sys.exit(run_launched(command))  # SIGTERM reaches the training processes
     result = run_training(
         cfg, force=force, console=console, check=not no_check, resume_from=resume, allow_changes=allow_changes
     )

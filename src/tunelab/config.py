@@ -505,6 +505,20 @@ class TrainingConfig(Section):
     max_nan_skips: int = Field(
         0, ge=0, description="Skip up to this many optimizer steps with a NaN/inf loss or gradient before stopping."
     )
+    max_loss_growth: float = Field(
+        10.0,
+        ge=0,
+        description="Stop the run (exit code 3) when the smoothed training loss grows past this many times its start "
+        "(the mean of the first 5 steps, or the first step's loss if lower): a learning rate too high; 0 = off.",
+    )
+
+    @field_validator("max_loss_growth")
+    @classmethod
+    def _growth_above_one(cls, value: float) -> float:
+        if 0 < value <= 1:
+            raise ValueError("must be above 1 (a growth factor), or 0 to turn the check off")
+        return value
+
     evaluate_before_training: bool = Field(
         True, description="Evaluate the untouched backbone first, so the run reports before vs after."
     )

@@ -17,6 +17,7 @@ import torch
 
 from tunelab.config import CAUSAL_LM_PROBLEMS
 from tunelab.errors import TunelabError
+from tunelab.interrupts import StopOnSignal, StopSignal
 from tunelab.io import write_json_atomic, write_text_atomic
 from tunelab.models.adapters import PEFT_METHODS, is_peft_model, is_prompt_learning
 from tunelab.models.load import split_revision
@@ -104,6 +105,35 @@ def compare_outputs(reference: dict[str, Any], exported: dict[str, Any], toleran
 
 
 def export_run(
+    run_dir: str | Path,
+    fmt: str,
+    out: str | Path | None = None,
+    dtype: str = "float32",
+    quant: str = "q8_0",
+    force: bool = False,
+    console: Any = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Export a finished run and check it against the trained model (see ``_export_run``).
+
+    SIGTERM / SIGINT stop it within seconds, removing the half-written export folder.
+
+    Raises:
+        ExportError: for a format this run cannot be exported to, or on SIGTERM / SIGINT (exit code 143 / 130).
+    """
+    with StopOnSignal():
+        try:
+            return _export_run(run_dir, fmt, out, dtype, quant, force, console)
+        except StopSignal as stop:
+            error = ExportError(
+                f"export stopped by {stop.name} before it was complete; its temporary folder was removed",
+                file=str(run_dir),
+                hint="run the export again",
+            )
+            error.exit_code = stop.exit_code
+            raise error from None
+
+
+def _export_run(
     run_dir: str | Path,
     fmt: str,
     out: str | Path | None = None,

@@ -139,6 +139,7 @@ class RLProblem(ReferenceModel, CausalLMProblem):
 
     name: ClassVar[str] = "rl"
     stratify = False
+    loss_growth_guard = False  # a policy-gradient surrogate hovers around 0: its growth means nothing
 
     def __init__(self, cfg: Any, tokenizer: Any):
         super().__init__(cfg, tokenizer)

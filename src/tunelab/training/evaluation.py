@@ -47,6 +47,7 @@ class Evaluator:
         self.stale = 0  # evaluations since the last improvement
         self._sampled: tuple[Any, list[dict[str, Any]]] | None = None
         self.sampled_last = False  # whether the last evaluation saw the sample only
+        self.loaded_best = False  # the model holds the best evaluation's weights, no longer the trained ones
 
     @property
     def best_path(self) -> Path:
@@ -128,6 +129,7 @@ class Evaluator:
         if self.keep_best and self.best is not None and state.best_step != state.step and self.best_path.is_file():
             from safetensors.torch import load_file
 
+            self.loaded_best = True
             self.s.model.load_state_dict(load_file(str(self.best_path)), strict=False)
             self.console.print(
                 f"keeping the best checkpoint (step {state.best_step}, {self.key} {state.best_metric:.4g})"

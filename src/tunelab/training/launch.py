@@ -123,3 +123,28 @@ def launch_command(
         "train",
         *train_args,
     ]
+
+
+def run_launched(command: list[str]) -> int:
+    """Run the launcher command and return its exit code, passing SIGTERM on to it.
+
+    A scheduler (or ``timeout``) signals only this process: without passing SIGTERM on, this process would die and
+    leave the training processes running, unstopped and unsaved. SIGINT from a terminal already reaches the whole
+    process group, so here it is only kept from killing this process before the others have stopped.
+    """
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(command)
+
+    def forward(signum: int, frame: Any) -> None:
+        if signum == signal.SIGTERM:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - code if code < 0 else code  # killed by a signal: the shell's 128 + signal number

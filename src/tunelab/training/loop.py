@@ -14,13 +14,20 @@ from typing import Any
 import torch
 
 from tunelab.config import RunConfig
+from tunelab.interrupts import StopOnSignal, StopSignal
 from tunelab.io import write_json_atomic
 from tunelab.rundir import RunDirectory
 from tunelab.runs import RunRegistry, config_hash
-from tunelab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tunelab.training.checkpoint import (
+    CheckpointWriter,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    remove_stale,
+)
 from tunelab.training.evaluation import Evaluator
 from tunelab.training.fingerprint import check_fingerprints, fingerprints
-from tunelab.training.guards import StopOnInterrupt, TrainingStopped, check_step
+from tunelab.training.guards import TrainingStopped, check_step
 from tunelab.training.logger import MetricLogger, progress_bar
 from tunelab.training.setup import TrainSetup, resolve_seed, setup
 from tunelab.training.state import TrainState
@@ -94,7 +101,9 @@ def train_step(
     apply = True
     if state is not None:
         rows = [int(r) for b in window for r in b.get("rows", torch.tensor([])).tolist()]
-        apply = check_step(state, loss, grad_norm, units, s.cfg.training.max_nan_skips, rows)
+        # A loss that is not a falling positive quantity (a policy-gradient surrogate) says nothing by its growth.
+        growth = s.cfg.training.max_loss_growth if getattr(s.problem, "loss_growth_guard", True) else 0.0
+        apply = check_step(state, loss, grad_norm, units, s.cfg.training.max_nan_skips, rows, growth)
     if apply:
         s.optimizer.step()
         s.scheduler.step()
@@ -113,12 +122,15 @@ def train(
 ) -> RunResult:
     """Train and evaluate one run; everything it produces goes into its run directory.
 
+    SIGTERM and SIGINT stop it within seconds in every phase: a step in progress finishes, the newest finished step
+    is checkpointed, and the run is marked stopped.
+
     Args:
         cfg: the validated run config (for a resume: the run's own config, possibly with overrides).
         force: replace an existing run directory of the same name.
         console: a rich console for progress output (a quiet one is made when None).
         check: stop on data the contract check rejects (``--no-check`` turns this off).
-        resume_from: a run directory to continue from its last complete checkpoint.
+        resume_from: a run directory to continue from its newest intact checkpoint.
         allow_changes: resume even though the config or data changed since the checkpoint (with a warning).
         on_eval: called with (step, metrics) after every evaluation during training; it may raise to stop the run.
 
@@ -127,15 +139,36 @@ def train(
 
     Raises:
         TunelabError: for bad input (data, config, model) before any training step; TrainingFailed when a
-            guardrail stops the run; TrainingStopped on Ctrl-C (after a checkpoint).
+            guardrail stops the run; TrainingStopped on SIGTERM / SIGINT (exit code 143 / 130).
     """
+    with StopOnSignal() as interrupt:
+        try:
+            return _train(cfg, force, console, check, resume_from, allow_changes, on_eval, interrupt)
+        except StopSignal as stop:  # before the run directory was in use (data check, model loading)
+            raise stopped_error(stop, Path(resume_from or cfg.run_dir), None) from None
+
+
+def _train(
+    cfg: RunConfig,
+    force: bool,
+    console: Any,
+    check: bool,
+    resume_from: str | Path | None,
+    allow_changes: bool,
+    on_eval: Callable[[int, dict[str, float]], None] | None,
+    interrupt: StopOnSignal,
+) -> RunResult:
     from rich.console import Console
 
     console = console or Console(quiet=True)
     checkpoint = None
     if resume_from is not None:
         run = RunDirectory(resume_from)
-        checkpoint = latest_checkpoint(run.path)
+        RunDirectory.check_writable(run.path)
+        checkpoint = latest_checkpoint(run.path, say=console.print)
+        removed = remove_stale(run.path)
+        if removed:
+            console.print(f"removed {len(removed)} temporary checkpoint folder(s) left by an interrupted save")
         saved = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
         seed = saved["train_state"]["seed"]
         cfg = cfg.model_copy(deep=True)
@@ -162,18 +195,23 @@ def train(
     info = _start_info(s, run, checkpoint is not None) if main else {}
     registry = RunRegistry(cfg.output_directory) if main else None
     run_id = _register(registry, run, cfg, info) if main else None
+    writer = CheckpointWriter(s, run.path, fp)
     try:
-        state, evaluator = fit(s, run, console, fp, checkpoint, on_eval)
+        state, evaluator = fit(s, run, console, writer, checkpoint, on_eval, interrupt)
         metrics = evaluator.metrics_summary()
         if main:
             _save_results(s, run, evaluator, metrics, console)
     except BaseException as exc:
-        status = getattr(exc, "run_status", "stopped" if isinstance(exc, KeyboardInterrupt) else "failed")
-        if main:
-            info.update(status=status, finished=time.time(), error=f"{type(exc).__name__}: {exc}")
-            run.save_info(info)
-            registry.update(run_id, status=status, error=str(exc), ended=True)
-        raise
+        with interrupt.deferred():  # one more signal does not cut the checkpoint or the status short
+            error = stopped_error(exc, run.path, writer) if isinstance(exc, StopSignal) else exc
+            status = getattr(error, "run_status", "stopped" if isinstance(exc, KeyboardInterrupt) else "failed")
+            if main:
+                info.update(status=status, finished=time.time(), error=f"{type(error).__name__}: {error}")
+                run.save_info(info)
+                registry.update(run_id, status=status, error=str(error), ended=True)
+            if error is exc:
+                raise
+            raise error from None
     if main:
         info.pop("error", None)  # a resumed run's earlier stop is history, not this run's state
         info.update(
@@ -195,6 +233,27 @@ def train(
     return RunResult(
         run.path, metrics, s.parameters.trainable, s.parameters.total, evaluator.examples(2) if main else [], run_id
     )
+
+
+def stopped_error(stop: StopSignal, run_path: Path, writer: CheckpointWriter | None) -> TrainingStopped:
+    """The one-line error of a stop, after checkpointing the newest finished step when no checkpoint has it."""
+    wrote = writer is not None and writer.save_on_stop(stop.mid_step)
+    found = list_checkpoints(run_path)
+    if wrote:
+        what = f"stopped by {stop.name} at step {writer.step} after saving a checkpoint"
+    elif stop.mid_step:
+        what = f"stopped at once by a second {stop.name}, in the middle of a step (not saved)"
+    elif writer is not None and writer.payload is not None:
+        what = f"stopped by {stop.name} at step {writer.step}"
+    else:
+        what = f"stopped by {stop.name} before the first training step"
+    if found:
+        what += f"; the newest checkpoint is step {found[-1][0]}"
+        hint = f"continue with: tunelab train --resume {run_path}"
+    else:
+        what += "; there is no checkpoint to resume from"
+        hint = "start the run again (with --force to replace its run directory)"
+    return TrainingStopped(what, file=str(run_path), hint=hint, exit_code=stop.exit_code)
 
 
 def _start_info(s: TrainSetup, run: RunDirectory, resumed: bool) -> dict[str, Any]:
@@ -262,20 +321,26 @@ def fit(
     s: TrainSetup,
     run: RunDirectory,
     console: Any,
-    fp: dict[str, Any],
+    writer: CheckpointWriter,
     checkpoint: Path | None = None,
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
+    interrupt: StopOnSignal | None = None,
 ) -> tuple[TrainState, Evaluator]:
     """The training loop: evaluate before, train the planned steps with evaluations and checkpoints, pick the result."""
     cfg, main = s.cfg, s.accelerator.is_main_process
+    interrupt = interrupt or StopOnSignal()  # not entered: signals keep their handlers
     state = TrainState(seed=s.seed)
     logger = MetricLogger(run, console, enabled=main, trackers=cfg.environment.trackers, config=cfg.to_dict())
     evaluator = Evaluator(s, run, console)
+    pending = False  # the checkpoint was written by a stop before its step's evaluation and log record
     if checkpoint is not None:
         saved = load_checkpoint(checkpoint, s.model, s.optimizer, s.scheduler)  # restores the RNG states too
         state = TrainState.from_dict(saved["train_state"])
+        pending = bool(saved.get("pending"))
         evaluator.load_state(saved["evaluator"])
-        logger.load_state(saved["logger"], state.step)
+        logger.load_state(saved["logger"], state.step - pending)
+        writer.saved_step = state.step
+        writer.mark(state, evaluator, logger, pending=pending)
         console.print(f"resuming {run.path} from step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
     elif cfg.training.evaluate_before_training:
         before = evaluator.run(state, "before")
@@ -286,51 +351,35 @@ def fit(
         round(cfg.training.save_epochs * per_epoch) if cfg.training.save_epochs > 0 else 0
     )
     s.loss_module.train()
-    with StopOnInterrupt() as interrupt, progress_bar(console, s.total_steps) as progress:
-        while state.step < s.total_steps and not state.early_stopped:
+    with progress_bar(console, s.total_steps) as progress:
+        done = pending and _finish_step(s, state, evaluator, logger, progress, eval_every, on_eval)
+        if pending:
+            writer.mark(state, evaluator, logger)
+        while not done and state.step < s.total_steps and not state.early_stopped:
             s.batches.set_epoch(state.epoch, skip=state.batch_in_epoch)
             s.collator.epoch = state.epoch
             tick = time.perf_counter()  # data loading counts towards the step that waits for it
             for window in accumulation_windows(s.loader, ga):
-                started = time.perf_counter()
-                loss, units, tokens, applied = train_step(s, window, state)
-                state.batch_in_epoch += len(window)
-                state.train_seconds += time.perf_counter() - tick
-                if not applied:
-                    console.print(f"skipped a step with a NaN/inf loss or gradient ({state.nan_skips} so far)")
-                    tick = time.perf_counter()
-                    continue
-                state.step += 1
-                state.tokens_seen += tokens
-                state.trained_seen += units
-                state.positions_seen += sum(b["input_ids"].numel() for b in window)
-                logger.add(loss, units, tokens, time.perf_counter() - started, step_stats(s.problem))
-                epoch = state.epoch + state.batch_in_epoch / max(len(s.batches), 1)
-                last = state.step >= s.total_steps
-                eval_metrics = None
-                if state.step % eval_every == 0 or last:
-                    eval_metrics = evaluator.run(state, "during").metrics
-                    s.loss_module.train()
-                    state.early_stopped = evaluator.should_stop_early() and not last
-                logger.write(
-                    state,
-                    epoch,
-                    s.scheduler.get_last_lr()[0],
-                    train=state.step % cfg.training.logging_steps == 0 or last,
-                    eval_metrics=eval_metrics,
-                )
-                if eval_metrics is not None and on_eval is not None:
-                    on_eval(state.step, eval_metrics)
-                progress.update(state.step, logger.last)
-                if (save_every and state.step % save_every == 0) or interrupt.requested:
-                    _checkpoint(s, run, state, evaluator, logger, fp)
-                if interrupt.requested:
-                    raise TrainingStopped(
-                        f"stopped at step {state.step} after saving a checkpoint",
-                        file=str(run.path),
-                        hint=f"continue with: tunelab train --resume {run.path}",
-                    )
-                if last or state.early_stopped:
+                with interrupt.deferred():  # a signal during the step stops the run once the step is done
+                    started = time.perf_counter()
+                    loss, units, tokens, applied = train_step(s, window, state)
+                    state.batch_in_epoch += len(window)
+                    state.train_seconds += time.perf_counter() - tick
+                    if not applied:
+                        console.print(f"skipped a step with a NaN/inf loss or gradient ({state.nan_skips} so far)")
+                        tick = time.perf_counter()
+                        continue
+                    state.step += 1
+                    state.tokens_seen += tokens
+                    state.trained_seen += units
+                    state.positions_seen += sum(b["input_ids"].numel() for b in window)
+                    logger.add(loss, units, tokens, time.perf_counter() - started, step_stats(s.problem))
+                    writer.mark(state, evaluator, logger, pending=True)
+                done = _finish_step(s, state, evaluator, logger, progress, eval_every, on_eval)
+                writer.mark(state, evaluator, logger)
+                if save_every and state.step % save_every == 0:
+                    writer.save()
+                if done:
                     break
                 tick = time.perf_counter()
             else:
@@ -346,17 +395,31 @@ def fit(
     return state, evaluator
 
 
-def _checkpoint(
-    s: TrainSetup, run: RunDirectory, state: TrainState, evaluator: Evaluator, logger: MetricLogger, fp: dict[str, Any]
-) -> None:
-    if s.accelerator.is_main_process:
-        payload = {
-            "train_state": state.to_dict(),
-            "evaluator": evaluator.to_state(),
-            "logger": logger.to_state(),
-            "fingerprints": fp,
-        }
-        save_checkpoint(
-            run.path, state.step, s.model, s.optimizer, s.scheduler, payload, keep=s.cfg.training.save_total_limit
-        )
-    s.accelerator.wait_for_everyone()
+def _finish_step(
+    s: TrainSetup,
+    state: TrainState,
+    evaluator: Evaluator,
+    logger: MetricLogger,
+    progress: Any,
+    eval_every: int,
+    on_eval: Callable[[int, dict[str, float]], None] | None,
+) -> bool:
+    """After an optimizer step: evaluate when due, write the step's log record; whether training is over."""
+    last = state.step >= s.total_steps
+    eval_metrics = None
+    if state.step % eval_every == 0 or last:
+        eval_metrics = evaluator.run(state, "during").metrics
+        s.loss_module.train()
+        state.early_stopped = evaluator.should_stop_early() and not last
+    epoch = state.epoch + state.batch_in_epoch / max(len(s.batches), 1)
+    logger.write(
+        state,
+        epoch,
+        s.scheduler.get_last_lr()[0],
+        train=state.step % s.cfg.training.logging_steps == 0 or last,
+        eval_metrics=eval_metrics,
+    )
+    if eval_metrics is not None and on_eval is not None:
+        on_eval(state.step, eval_metrics)
+    progress.update(state.step, logger.last)
+    return last or state.early_stopped

@@ -23,6 +23,10 @@ class TrainState:
     best_metrics: dict[str, float] = field(default_factory=dict)
     nan_skips: int = 0
     zero_loss_steps: int = 0  # consecutive optimizer steps whose loss was exactly 0
+    loss_first: float | None = None  # loss of the first applied step (the loss-growth guard's reference)
+    loss_start: float | None = None  # mean loss of the first steps (the same)
+    loss_smooth: float | None = None  # exponentially smoothed loss of the applied steps
+    loss_steps: int = 0  # applied steps the two above have seen
     early_stopped: bool = False
 
     def to_dict(self) -> dict[str, Any]:
