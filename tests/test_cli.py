@@ -182,8 +182,8 @@ def test_train_predict_eval_chat(tiny_cfg, tmp_path, qa_jsonl):
     script = "/params temperature=0.7 max_tokens=3\n/params top_p=7\n/params bogus=1\n/system be brief\n/nope\nhi\n"
     proc = run("chat", run_dir, stdin=script)
     assert proc.returncode == 0, proc.stderr
-    assert "temperature=0.7 top_p=1.0 max_tokens=3" in proc.stdout
-    assert "top_p" in proc.stdout and "less than or equal to 1" in proc.stdout  # out of range: refused, kept
+    assert "max_new_tokens=3 " in proc.stdout and "do_sample=true temperature=0.7 top_p=1.0 " in proc.stdout
+    assert "'top_p': 7 is out of range" in proc.stdout  # out of range: refused, kept
     assert "unknown setting 'bogus=1'" in proc.stdout and "unknown command /nope" in proc.stdout
     assert "system prompt set" in proc.stdout and proc.stdout.count("model>") == 1
 

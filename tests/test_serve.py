@@ -58,7 +58,9 @@ def running(server: uvicorn.Server, sock: socket.socket) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def causal(tiny_llama, qa_jsonl, tmp_path_factory) -> Iterator[Server]:
     out = tmp_path_factory.mktemp("serve-runs")
-    cfg = causal_config(tiny_llama, qa_jsonl, out, training={"max_steps": 2}, prediction={"max_length_inference": 8})
+    # No minimum answer length: the tests compare answers with the model's own greedy ones, which may end at once.
+    prediction = {"max_length_inference": 8, "min_length_inference": 0}
+    cfg = causal_config(tiny_llama, qa_jsonl, out, training={"max_steps": 2}, prediction=prediction)
     run_dir = train(cfg).run_dir
     app = create_app(load_run(run_dir, device="cpu"), batch_wait_ms=20)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -272,7 +274,17 @@ def chat(**fields: Any) -> dict[str, Any]:
         ("/v1/chat/completions", chat(temperature=5), 400, "temperature", None),
         ("/v1/chat/completions", chat(n=0), 400, "n", None),
         ("/v1/chat/completions", chat(stop=""), 400, "stop", None),
-        ("/v1/chat/completions", chat(logprobs=True), 400, None, None),
+        ("/v1/chat/completions", chat(logprobs=True), 400, "logprobs", None),
+        ("/v1/chat/completions", chat(tools=[{"type": "function"}]), 400, "tools", None),
+        ("/v1/chat/completions", chat(ignore_eos=True), 400, "ignore_eos", None),
+        ("/v1/chat/completions", chat(presence_penalty=3), 400, "presence_penalty", None),
+        ("/v1/chat/completions", chat(logit_bias={"x": 1}), 400, "logit_bias", None),
+        ("/v1/chat/completions", chat(logit_bias={"99999": 1}), 400, "logit_bias", None),
+        ("/v1/chat/completions", chat(stop_token_ids=[99999]), 400, "stop_token_ids", None),
+        ("/v1/chat/completions", chat(response_format={"type": "json_schema"}), 400, "response_format", None),
+        ("/v1/chat/completions", chat(response_format={"type": "yaml"}), 400, "response_format.type", None),
+        ("/v1/chat/completions", chat(seed=-1), 400, "seed", None),
+        ("/v1/chat/completions", chat(num_beams=0), 400, "num_beams", None),
         ("/v1/chat/completions", chat(model="gpt-4"), 404, "model", "model_not_found"),
         ("/v1/chat/completions", chat(max_tokens=100_000), 400, "messages", "context_length_exceeded"),
         (

@@ -44,8 +44,12 @@ def train(
     return _train(_as_config(config, overrides), force=force, console=console)
 
 
-def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[dict[str, float], Path]:
+def evaluate_run(
+    run_dir: str | Path, data: str | Path | None = None, overrides: list[str] | None = None
+) -> tuple[dict[str, float], Path]:
     """Evaluate a finished run on its validation split or on ``data``; save metrics and predictions.
+
+    ``overrides`` (``prediction.field=value``) change how it answers, for this evaluation only.
 
     Returns:
         (metrics, path of the predictions CSV).
@@ -53,7 +57,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[d
     from tunelab.data.pipeline import validation_data
     from tunelab.infer.model import load_run
 
-    loaded = load_run(run_dir)
+    loaded = load_run(run_dir, overrides=overrides)
     split, examples = validation_data(loaded.cfg, loaded.problem, None if data is None else str(data))
     if len(split) == 0:
         raise DataError("no rows to evaluate", file=str(data) if data else None)
@@ -74,11 +78,13 @@ def predict_file(
     output_file: str | Path,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    overrides: list[str] | None = None,
 ) -> int:
     """Predict for every row of ``input_file`` and write the rows with prediction columns to ``output_file``.
 
     Args:
         progress: called with (rows done, rows in all) after each chunk of rows.
+        overrides: ``prediction.field=value`` changes to the run's generation settings, for this call only.
 
     Returns:
         The number of rows written.
@@ -91,7 +97,7 @@ def predict_file(
         raise TunelabError("output must be a .csv or .jsonl file", file=str(output_file))
     if output_file.exists() and not force:
         raise TunelabError("output file already exists", file=str(output_file), hint="pass --force to replace it")
-    loaded = load_run(run_dir)
+    loaded = load_run(run_dir, overrides=overrides)
     records, examples = read_prompts(str(input_file), loaded.cfg)
     outputs: list[dict[str, Any]] = []
     chunk = PREDICT_CHUNK if loaded.cfg.problem_type in CAUSAL_LM_PROBLEMS else 16 * PREDICT_CHUNK

@@ -34,6 +34,12 @@ err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 STATE = {"debug": False}
 
 SetOption = typer.Option(None, "--set", help="Override a field: section.field=value (repeatable).")
+PredictionSetOption = typer.Option(
+    None,
+    "--set",
+    help="Change a generation setting for this call: prediction.field=value (repeatable), e.g. "
+    "prediction.temperature=0.7, prediction.seed=1.",
+)
 AllowedHostOption = typer.Option(
     None,
     "--allowed-host",
@@ -194,11 +200,12 @@ def _short(text: str, limit: int = 300) -> str:
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
     data: Path | None = typer.Option(None, "--data", help="Evaluate on this file instead of the validation split."),
+    overrides: list[str] | None = PredictionSetOption,
 ) -> None:
     """Evaluate a trained run on its validation data or another file."""
     from tunelab.api import evaluate_run
 
-    metrics, out = evaluate_run(run_dir, data)
+    metrics, out = evaluate_run(run_dir, data, overrides)
     table = Table(title=f"evaluation of {run_dir}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -215,6 +222,7 @@ def predict(
     input_file: Path = typer.Option(..., "--input", help="CSV/JSONL/Parquet with the prompt column(s)."),
     output_file: Path = typer.Option(..., "--output", help="Where to write predictions (.csv or .jsonl)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
+    overrides: list[str] | None = PredictionSetOption,
 ) -> None:
     """Predict answers (or labels, or values) for every row of a file, in batches, with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -230,6 +238,7 @@ def predict(
             output_file,
             force=force,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
+            overrides=overrides,
         )
     console.print(f"wrote {count} predictions to {output_file}")
 

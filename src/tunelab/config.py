@@ -555,10 +555,55 @@ class PredictionConfig(Section):
     )
     do_sample: bool = Field(False, description="Sample answers instead of greedy decoding.")
     num_beams: int = Field(1, ge=1, le=64, description="Beam-search width; 1 = no beam search.")
-    temperature: float = Field(0.3, gt=0, description="Sampling temperature (with do_sample).")
+    temperature: float = Field(0.3, gt=0, le=100, description="Sampling temperature (with do_sample).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus-sampling share (with do_sample).")
-    repetition_penalty: float = Field(1.0, gt=0, description="Penalty for repeating tokens; 1.0 = none.")
-    stop_tokens: str = Field("", description="Comma-separated strings that end generation in addition to EOS.")
+    top_k: int = Field(
+        0, ge=0, le=1_000_000, description="Sample only from the k most likely tokens (with do_sample); 0 = off."
+    )
+    min_p: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Drop tokens less likely than min_p times the most likely one (with do_sample); 0 = off.",
+    )
+    repetition_penalty: float = Field(1.0, gt=0, le=100, description="Penalty for repeating tokens; 1.0 = none.")
+    no_repeat_ngram_size: int = Field(
+        0, ge=0, le=1024, description="Never repeat an n-gram of this many tokens within an answer; 0 = off."
+    )
+    stop_tokens: str = Field(
+        "", description="Comma-separated strings that end generation in addition to EOS; never part of an answer."
+    )
+    seed: int = Field(
+        -1,
+        ge=-1,
+        le=2**32 - 1,
+        description="Seed of sampling: the same seed, inputs and settings give the same answers; -1 = unseeded.",
+    )
+    response_format: str = Field(
+        "",
+        description="Constrain every answer to JSON (constrained decoding with xgrammar): 'json_object' for any "
+        "JSON object, or a JSON schema, inline or as a path to a .json file (stored inline in the run); "
+        "empty = free text.",
+    )
+
+    @field_validator("response_format")
+    @classmethod
+    def _response_format(cls, value: str) -> str:
+        text = value.strip()
+        if text in ("", "text", "json_object"):
+            return "" if text == "text" else text
+        if not text.startswith("{"):
+            path = Path(text).expanduser()
+            if path.suffix.lower() != ".json" or not path.is_file():
+                raise ValueError("must be 'json_object', a JSON schema, or the path of a .json file holding one")
+            text = path.read_text(encoding="utf-8")
+        try:
+            schema = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"the JSON schema is not valid JSON ({exc.msg}, char {exc.pos})") from None
+        if not isinstance(schema, dict):
+            raise ValueError("a JSON schema must be a JSON object")
+        return json.dumps(schema, separators=(",", ":"))
 
 
 class JudgeConfig(Section):
@@ -1151,6 +1196,23 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
             data[section] = target
         target[parts[-1]] = value
     return data
+
+
+def prediction_overrides(overrides: list[str] | None) -> list[str]:
+    """``--set`` overrides for a trained run: how it answers (``prediction.*``) may change, not what it is.
+
+    Raises:
+        ConfigError: for an override of any other section.
+    """
+    for item in overrides or []:
+        parts, _ = _parse_override(item)
+        if len(parts) != 2 or parts[0].strip() != "prediction":
+            raise ConfigError(
+                f"only prediction settings can change for a trained run, not '{'.'.join(parts)}'",
+                field=".".join(parts),
+                hint="use --set prediction.FIELD=VALUE (e.g. prediction.temperature=0.7); retrain to change the rest",
+            )
+    return list(overrides or [])
 
 
 def read_yaml(path: str | Path) -> tuple[dict[str, Any], str]:

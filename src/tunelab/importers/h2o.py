@@ -46,7 +46,6 @@ REASONS = {
     "training.differential_learning_rate_layers": "tunelab uses one learning rate",
     "training.train_validation_data": "tunelab never trains on the validation rows",
     "training.use_rlhf": "tunelab's online RL is problem_type rl",
-    "prediction.top_k": "tunelab samples with top_p only",
     "prediction.num_history": "tunelab chat keeps the whole conversation",
     "prediction.max_time": "tunelab limits generation by tokens only",
     "prediction.metric_gpt_model": "tunelab's judge metric is set in the judge section (base_url, model)",

@@ -9,6 +9,14 @@ import torch
 
 from tunelab.config import PredictionConfig
 from tunelab.data.collate import pad_left
+from tunelab.infer.settings import (  # noqa: F401 (cut_at_stops: imported from here too)
+    GenerationSettings,
+    answer_text,
+    cut_at_stops,
+    generate_kwargs,
+    model_eos_ids,
+    seeded,
+)
 
 # On CPU, generation speed stops improving beyond about this many rows per batch (measured with SmolLM2-135M on
 # 2 cores: bench/eval_speed.py); bigger batches only add padding waste.
@@ -45,46 +53,10 @@ def auto_batch_size(model: Any, longest_prompt: int, max_new_tokens: int, config
     return int(max(1, min(MAX_AUTO_BATCH, (free * 0.5) // max(per_row, 1))))
 
 
-def stop_strings(prediction: PredictionConfig) -> list[str]:
-    return [s for s in (part.strip() for part in prediction.stop_tokens.split(",")) if s]
-
-
 def generation_kwargs(prediction: PredictionConfig, tokenizer: Any, model: Any) -> dict[str, Any]:
-    """Arguments for ``model.generate`` from the prediction settings."""
-    eos = {tokenizer.eos_token_id}
-    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(config_eos, int):
-        eos.add(config_eos)
-    elif isinstance(config_eos, (list, tuple)):
-        eos.update(config_eos)
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": prediction.max_length_inference,
-        "min_new_tokens": min(prediction.min_length_inference, prediction.max_length_inference),
-        "do_sample": prediction.do_sample,
-        "num_beams": prediction.num_beams,
-        "repetition_penalty": prediction.repetition_penalty,
-        "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": sorted(e for e in eos if e is not None),
-    }
-    if prediction.do_sample:
-        kwargs.update(temperature=prediction.temperature, top_p=prediction.top_p)
-    else:
-        # Greedy decoding: say so explicitly so a model's sampling defaults don't apply.
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    stops = stop_strings(prediction)
-    if stops:
-        kwargs.update(stop_strings=stops, tokenizer=tokenizer)
-    return kwargs
-
-
-def cut_at_stops(text: str, stops: Sequence[str]) -> str:
-    """The text up to the first stop string."""
-    cut = len(text)
-    for stop in stops:
-        at = text.find(stop)
-        if at != -1:
-            cut = min(cut, at)
-    return text[:cut]
+    """Arguments for ``model.generate`` from the prediction settings, without the logits processors that need the
+    prompt's length (``settings.generate_kwargs`` has them)."""
+    return generate_kwargs(GenerationSettings.from_prediction(prediction), tokenizer, model)
 
 
 @torch.inference_mode()
@@ -92,7 +64,7 @@ def generate_batched(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[Sequence[int]],
-    prediction: PredictionConfig,
+    prediction: PredictionConfig | GenerationSettings,
     batch_size: int,
     device: torch.device | None = None,
     on_batch: Any = None,
@@ -103,7 +75,8 @@ def generate_batched(
         model: a causal LM (peft-wrapped or not).
         tokenizer: its tokenizer (for pad/EOS ids and decoding).
         prompts: token ids of each prompt.
-        prediction: the prediction settings.
+        prediction: the generation settings, or the prediction section that gives them. With a seed, the same
+            prompts and batch size give the same answers.
         batch_size: prompts per generate call; 0 = ``auto_batch_size``.
         device: where to run; defaults to the model's device.
         on_batch: called with the number of prompts finished after each batch.
@@ -114,22 +87,27 @@ def generate_batched(
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    kwargs = generation_kwargs(prediction, tokenizer, model)
-    stops = stop_strings(prediction)
+    settings = prediction
+    if isinstance(settings, PredictionConfig):
+        settings = GenerationSettings.from_prediction(settings)
+    end_ids = model_eos_ids(tokenizer, model) | set(settings.stop_token_ids)
     longest = max((len(p) for p in prompts), default=0)
-    batch_size = auto_batch_size(model, longest, prediction.max_length_inference, batch_size)
+    batch_size = auto_batch_size(model, longest, settings.max_new_tokens, batch_size)
     # Longest first: similar lengths share a batch, and a memory problem shows up at once.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     answers: list[str] = [""] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        batch = pad_left([prompts[i] for i in chunk], tokenizer.pad_token_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out = model.generate(**batch, **kwargs)
-        new_tokens = out[:, batch["input_ids"].shape[1] :]  # [batch, new]
-        for i, seq in zip(chunk, new_tokens):
-            answers[i] = cut_at_stops(tokenizer.decode(seq, skip_special_tokens=True), stops).strip()
-        if on_batch:
-            on_batch(len(chunk))
-    model.train(was_training)
+    try:  # a stop (SIGTERM, a cancelled request) may end generation at any token: the model's mode comes back
+        with seeded(settings.seed, device):
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                batch = pad_left([prompts[i] for i in chunk], tokenizer.pad_token_id)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                length = batch["input_ids"].shape[1]
+                out = model.generate(**batch, **generate_kwargs(settings, tokenizer, model, length))
+                for i, seq in zip(chunk, out[:, length:].tolist()):  # [batch, new]
+                    answers[i] = answer_text(tokenizer, seq, end_ids, settings.stop)
+                if on_batch:
+                    on_batch(len(chunk))
+    finally:
+        model.train(was_training)
     return answers

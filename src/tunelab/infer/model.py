@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from tunelab.config import RunConfig
+from tunelab.config import RunConfig, load_config, prediction_overrides
 from tunelab.models.adapters import load_trained
 from tunelab.models.load import load_backbone, load_tokenizer, matmul_dtype, quantization_config, resolve_backbone
 from tunelab.problems import build_problem
@@ -24,20 +24,24 @@ class LoadedRun:
     model: Any
 
 
-def load_run(path: str | Path, device: str | None = None, full_precision: bool = False) -> LoadedRun:
+def load_run(
+    path: str | Path, device: str | None = None, full_precision: bool = False, overrides: list[str] | None = None
+) -> LoadedRun:
     """The trained model of a run, ready for inference (eval mode).
 
     Args:
         path: the run directory.
         device: where to put the model (default: a GPU when there is one).
         full_precision: load a quantised run's backbone unquantised (for merging: never merge into 4-bit weights).
+        overrides: ``prediction.field=value`` changes to the run's prediction settings, for this use only.
 
     Raises:
         RunDirError: when ``path`` is not a finished run.
         ModelError: when its backbone cannot be found.
+        ConfigError: for an override of anything but the prediction settings, or a value out of range.
     """
     run = RunDirectory.open(path)
-    cfg = run.config()
+    cfg = load_config(run.config_path, prediction_overrides(overrides)) if overrides else run.config()
     # The saved tokenizer carries the chat template used in training: never re-resolve it from the config.
     cfg.dataset.chat_template = ""
     tokenizer = load_tokenizer(str(run.tokenizer_dir))

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -31,24 +31,36 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tunelab.data.collate import pad_left
-from tunelab.errors import TunelabError
+from tunelab.errors import ConfigError, TunelabError
 from tunelab.http_guard import HostAllowList, add_request_guard, is_loopback
-from tunelab.infer.generate import cut_at_stops, generation_kwargs, stop_strings
+from tunelab.infer.constrain import COMPILERS, check_vocabulary, vocab_size
 from tunelab.infer.model import LoadedRun, load_run
+from tunelab.infer.openai_api import (
+    PARAMS,
+    ChatBody,
+    ClassifyBody,
+    CompletionBody,
+    GenerationBody,
+    ScoreBody,
+)
+from tunelab.infer.settings import (
+    GenerationSettings,
+    cut_at_stops,
+    generate_kwargs,
+    held_back,
+    model_eos_ids,
+    seeded,
+    until_end,
+)
 from tunelab.models.adapters import is_prompt_learning, unwrap
 
 log = logging.getLogger("tunelab.serve")
 
-MAX_CHOICES = 128
-MAX_STOPS = 16
 DEFAULT_MAX_REQUEST_MB = 4.0
-# Fields of the OpenAI API whose meaning tunelab cannot honour: refusing beats silently answering something else.
-UNSUPPORTED = ("tools", "functions", "logprobs", "top_logprobs", "echo", "suffix", "logit_bias")
 
 
 # ------------------------------------------------------------------ errors
@@ -113,105 +125,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return APIError(500, f"internal error: {type(exc).__name__}: {exc}").response()
 
 
-# ------------------------------------------------------------------ requests
-class Lenient(BaseModel):
-    # OpenAI clients send fields tunelab has no use for (user, name, metadata, ...): accept and ignore those.
-    model_config = ConfigDict(extra="ignore")
-
-
-class RequestBody(Lenient):
-    model: str | None = None  # optional: a server serves one model
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_unsupported(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            used = [name for name in UNSUPPORTED if data.get(name) not in (None, False, 0, [], {}, "")]
-            if used:
-                raise ValueError(f"not supported by tunelab serve: {', '.join(used)}")
-        return data
-
-
-class StreamOptions(Lenient):
-    include_usage: bool = False
-
-
-class GenerationBody(RequestBody):
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
-    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
-    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
-    stop: str | list[str] | None = Field(None, validate_default=True)  # a list after validation
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: str | list[str] | None) -> list[str]:
-        stops = [value] if isinstance(value, str) else list(value or [])
-        if len(stops) > MAX_STOPS:
-            raise ValueError(f"at most {MAX_STOPS} stop strings")
-        if not all(stops):
-            raise ValueError("a stop string must not be empty")
-        return stops
-
-
-class TextPart(Lenient):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(Lenient):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
-
-    def as_turn(self) -> dict[str, str]:
-        """The message as the run's chat template takes it (``developer`` is the newer name of ``system``)."""
-        text = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
-
-
-class ChatBody(GenerationBody):
-    messages: list[ChatMessage] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _ends_with_a_question(self) -> ChatBody:
-        if self.messages[-1].role == "assistant":
-            raise ValueError("the last message must not be the assistant's: the model answers the conversation")
-        return self
-
-
-class CompletionBody(GenerationBody):
-    prompt: str | list[str] | list[int] | list[list[int]]
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompts(cls, value: Any) -> list[str | list[int]]:
-        prompts = [value] if isinstance(value, str) or (value and isinstance(value[0], int)) else list(value)
-        if not prompts:
-            raise ValueError("the prompt list is empty")
-        return prompts
-
-
-class ClassifyBody(RequestBody):
-    input: str | list[str]
-
-
-class ScoreBody(RequestBody):
-    """A reward model's request: one prompt (text or messages) and the responses to score against it."""
-
-    prompt: str | list[ChatMessage]
-    responses: str | list[str]
-
-    def examples(self) -> list[dict[str, Any]]:
-        turns = (
-            [{"role": "user", "content": self.prompt}]
-            if isinstance(self.prompt, str)
-            else [m.as_turn() for m in self.prompt]
-        )
-        responses = [self.responses] if isinstance(self.responses, str) else self.responses
-        return [{"prompt": turns, "answer": response} for response in responses]
+# The request bodies live in tunelab.infer.openai_api.
 
 
 # ------------------------------------------------------------------ jobs
@@ -257,15 +171,27 @@ class Row:
 
 
 class GenerationJob(Job):
-    """A completion or chat request: ``n`` rows per prompt, all sharing one sampling setting."""
+    """A completion or chat request: ``n`` rows per prompt, all generated with the same settings."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, prompts: list[list[int]], n: int, settings: dict[str, Any]):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        prompts: list[list[int]],
+        n: int,
+        settings: GenerationSettings,
+        stream: bool = False,
+    ):
         super().__init__(loop)
         self.prompts = prompts
-        self.max_tokens: int = settings["max_tokens"]
-        self.stops: list[str] = settings["stops"]
-        self.sampling: tuple[bool, float | None, float | None] = settings["sampling"]
-        self.stream: bool = settings["stream"]
+        self.settings = settings
+        self.max_tokens = settings.max_new_tokens
+        self.stops = list(settings.stop)
+        self.stream = stream
+        # Jobs with equal keys share ``generate`` calls. The per-row tracker gives each row its own length and stop
+        # strings, but beam search is followed only at its end: those share calls with equal settings alone. A
+        # seeded job samples alone, so that what others ask never changes its random numbers.
+        shared = settings if settings.num_beams > 1 else settings.replace(max_new_tokens=1, stop=())
+        self.key = (shared, None if settings.seed is None else id(self))
         self.rows = [Row(self, i * n + j, prompt) for i, prompt in enumerate(prompts) for j in range(n)]
         self.size = len(self.rows)
         self.rows_left = len(self.rows)
@@ -289,17 +215,6 @@ class ClassifyJob(Job):
         super().__init__(loop)
         self.examples = examples
         self.size = len(examples)
-
-
-def held_back(text: str, stops: list[str]) -> int:
-    """How many trailing characters must wait: an incomplete UTF-8 character, or what may start a stop string."""
-    keep = len(text) - len(text.rstrip("\ufffd"))
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), keep, -1):
-            if text.endswith(stop[:size]):
-                keep = size
-                break
-    return keep
 
 
 class RowTracker(StoppingCriteria):
@@ -353,6 +268,17 @@ class RowTracker(StoppingCriteria):
             return  # a stop string in the text closed the row already
         row.finish = reason
         row.job.row_finished(row)
+
+
+class AllCancelled(StoppingCriteria):
+    """Ends a beam search once every request it answers has gone."""
+
+    def __init__(self, rows: list[Row]):
+        self.jobs = list({id(row.job): row.job for row in rows}.values())
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        done = all(job.cancelled for job in self.jobs)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
 # ------------------------------------------------------------------ the run
@@ -435,12 +361,10 @@ class ServedRun:
         self.context = context_length(loaded)
         self.device = next(loaded.model.parameters()).device
         self.created = int(time.time())
-        prediction = loaded.cfg.prediction
-        self.run_stops = stop_strings(prediction)
-        base = generation_kwargs(prediction, self.tokenizer, loaded.model) if self.kind == "causal_lm" else {}
-        self.eos_ids: set[int] = set(base.get("eos_token_id", []))
-        keep = ("pad_token_id", "eos_token_id", "repetition_penalty")
-        self.generate_kwargs = {k: base[k] for k in keep if k in base} | {"num_beams": 1}
+        # The run's prediction settings are every request's defaults.
+        self.defaults = GenerationSettings.from_prediction(loaded.cfg.prediction)
+        self.eos_ids = model_eos_ids(self.tokenizer, loaded.model)
+        self.vocab_size = vocab_size(loaded.model) if self.kind == "causal_lm" else 0
 
     def card(self) -> dict[str, Any]:
         return {"id": self.name, "object": "model", "created": self.created, "owned_by": "tunelab"}
@@ -500,9 +424,9 @@ class ServedRun:
             raise APIError(400, "the prompt has no tokens", param="prompt")
         return out
 
-    def settings(self, body: GenerationBody, prompts: list[list[int]], param: str) -> dict[str, Any]:
-        """max_tokens (checked against the context), stop strings and sampling of a request; unset values fall back
-        to the run's prediction settings."""
+    def settings(self, body: GenerationBody, prompts: list[list[int]], param: str) -> GenerationSettings:
+        """The request's generation settings: what it sets, the run's prediction settings for the rest, and
+        max_tokens checked against the context. Refusals name the request's field."""
         prediction = self.loaded.cfg.prediction
         longest = max(map(len, prompts))
         wanted = body.max_completion_tokens or body.max_tokens
@@ -513,14 +437,16 @@ class ServedRun:
                 f"({longest} in the prompt, {max_tokens} to generate); shorten the prompt or lower max_tokens"
             )
             raise APIError(400, message, param=param, code="context_length_exceeded")
-        temperature = body.temperature
-        if temperature is None:
-            temperature = prediction.temperature if prediction.do_sample else 0.0
-        top_p = prediction.top_p if body.top_p is None else body.top_p
-        # Temperature 0 is greedy decoding: deterministic, and the same settings for every greedy request.
-        sampling = (True, temperature, top_p) if temperature > 0 else (False, None, None)
-        stops = list(dict.fromkeys([*(body.stop or []), *self.run_stops]))
-        return {"max_tokens": max_tokens, "stops": stops, "sampling": sampling, "stream": bool(body.stream)}
+        try:
+            settings = body.settings(self.defaults, max_tokens)
+            check_vocabulary(settings, self.vocab_size)
+            if settings.response_format:  # compiled (and cached) now: a schema xgrammar refuses is the client's 400
+                with self.copies.borrow() as (tokenizer, _):
+                    COMPILERS.compile(tokenizer, self.vocab_size, settings.response_format)
+        except ConfigError as exc:
+            name = PARAMS.get(exc.field or "", exc.field)
+            raise APIError(400, f"{name}: {exc.what}" if name else exc.what, param=name) from None
+        return settings
 
     def count_inputs(self, texts: list[str]) -> int:
         """Tokens the classifier reads (it cuts at ``tokenizer.max_length`` as in training); refuse what it can't."""
@@ -585,15 +511,15 @@ class BatchWorker:
             classify = [job for job in live if isinstance(job, ClassifyJob)]
             if classify:
                 self.guarded(classify, self.classify, classify)
-            groups: dict[tuple[bool, float | None, float | None], list[Row]] = {}
+            groups: dict[Any, list[Row]] = {}
             for job in live:
                 if isinstance(job, GenerationJob):
-                    groups.setdefault(job.sampling, []).extend(job.rows)
-            for sampling, rows in groups.items():
+                    groups.setdefault(job.key, []).extend(job.rows)
+            for rows in groups.values():
                 rows.sort(key=lambda row: -len(row.prompt))  # similar lengths share a batch: less padding
                 for start in range(0, len(rows), self.max_batch_size):
                     chunk = rows[start : start + self.max_batch_size]
-                    self.guarded(list({id(row.job): row.job for row in chunk}.values()), self.generate, chunk, sampling)
+                    self.guarded(list({id(row.job): row.job for row in chunk}.values()), self.generate, chunk, start)
 
     def guarded(self, jobs: list[Job], work: Any, *args: Any) -> None:
         """Run ``work``; if it fails, its requests get an error and the worker lives on for the others."""
@@ -606,29 +532,46 @@ class BatchWorker:
                 job.emit("error", f"generation failed: {type(exc).__name__}: {exc}")
 
     @torch.inference_mode()
-    def generate(self, rows: list[Row], sampling: tuple[bool, float | None, float | None]) -> None:
-        served = self.served
-        requests = len({id(row.job) for row in rows})
-        log.info("batch of %d requests (%d sequences, %s)", requests, len(rows), "sampled" if sampling[0] else "greedy")
-        batch = pad_left([row.prompt for row in rows], served.generate_kwargs["pad_token_id"])
+    def generate(self, rows: list[Row], offset: int) -> None:
+        """One ``generate`` call for rows of equal settings (``offset``: the first row's place in its group)."""
+        served, settings = self.served, rows[0].job.settings
+        beams = settings.num_beams > 1
+        how = f"{settings.num_beams} beams" if beams else "sampled" if settings.do_sample else "greedy"
+        log.info("batch of %d requests (%d sequences, %s)", len({id(row.job) for row in rows}), len(rows), how)
+        batch = pad_left([row.prompt for row in rows], served.tokenizer.pad_token_id)
         batch = {k: v.to(served.device) for k, v in batch.items()}  # [batch, longest prompt]
-        do_sample, temperature, top_p = sampling
-        # Greedy: say so explicitly so a model's sampling defaults don't apply.
-        how = {"temperature": temperature, "top_p": top_p} if do_sample else {"temperature": None, "top_p": None}
-        tracker = RowTracker(rows, served.tokenizer, served.eos_ids, served.tokenizer_lock)
-        served.loaded.model.generate(
-            **batch,
-            **served.generate_kwargs,
-            **how,
-            do_sample=do_sample,
-            top_k=None,  # the OpenAI API has no top-k: a model's default must not apply
-            max_new_tokens=max(row.job.max_tokens for row in rows),
-            stopping_criteria=StoppingCriteriaList([tracker]),
-        )
+        length = batch["input_ids"].shape[1]
+        end_ids = served.eos_ids | set(settings.stop_token_ids)
+        tracker = RowTracker(rows, served.tokenizer, end_ids, served.tokenizer_lock)
+        if beams:  # beams are reordered every step: the answers are known at the end (transformers stops at stops)
+            kwargs = generate_kwargs(settings, served.tokenizer, served.loaded.model, length)
+            criteria: StoppingCriteria = AllCancelled(rows)
+        else:
+            longest = settings.replace(max_new_tokens=max(row.job.max_tokens for row in rows))
+            kwargs = generate_kwargs(longest, served.tokenizer, served.loaded.model, length, stop_strings=False)
+            criteria = tracker
+        # The rows of one seeded request may fill several calls: each gets its own seed, so they differ.
+        with seeded(None if settings.seed is None else settings.seed + offset, served.device):
+            out = served.loaded.model.generate(**batch, **kwargs, stopping_criteria=StoppingCriteriaList([criteria]))
         with served.tokenizer_lock:
+            if beams:
+                self.finish_beams(tracker, rows, out[:, length:].tolist(), end_ids)
             for row in rows:
                 if row.finish is None:  # generate ended before the tracker saw the row end: it ran out of length
                     tracker.close(row, "length")
+
+    def finish_beams(self, tracker: RowTracker, rows: list[Row], generated: list[list[int]], end_ids: set[int]) -> None:
+        """Hand out each beam-search answer whole, as one piece of a stream."""
+        pad = self.served.tokenizer.pad_token_id
+        for row, tokens in zip(rows, generated):
+            if row.job.cancelled:
+                tracker.close(row, "cancelled", publish=False)
+                continue
+            kept, ended = until_end(tokens, end_ids)
+            while not ended and kept and kept[-1] == pad:  # a row that met a stop string is padded after it
+                kept.pop()
+            row.tokens, row.generated = kept, len(kept) + ended
+            tracker.close(row, "stop" if ended else "length")
 
     @torch.inference_mode()
     def classify(self, jobs: list[ClassifyJob]) -> None:
@@ -776,7 +719,8 @@ def create_app(
     add_request_guard(app, hosts or HostAllowList(), lambda scope: limit, refuse, "set by --max-request-mb")
 
     async def generation(body: GenerationBody, prompts: list[list[int]], chat: bool, param: str) -> Any:
-        job = GenerationJob(asyncio.get_running_loop(), prompts, body.n or 1, served.settings(body, prompts, param))
+        settings = await run_in_threadpool(served.settings, body, prompts, param)
+        job = GenerationJob(asyncio.get_running_loop(), prompts, body.n or 1, settings, bool(body.stream))
         worker.submit(job)
         head = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",

@@ -79,7 +79,8 @@ async def stream_answer(models: ChatModels, run_dir: str, base: bool, request: d
     body = ChatBody.model_validate({**request, "stream": True})
     served, worker = await run_in_threadpool(models.get, run_dir, base)
     prompt = await run_in_threadpool(served.chat_prompt, [m.as_turn() for m in body.messages])
-    job = GenerationJob(asyncio.get_running_loop(), [prompt], 1, served.settings(body, [prompt], "messages"))
+    settings = await run_in_threadpool(served.settings, body, [prompt], "messages")
+    job = GenerationJob(asyncio.get_running_loop(), [prompt], 1, settings, stream=True)
     worker.submit(job)
     head = {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
