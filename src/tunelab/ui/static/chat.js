@@ -52,6 +52,9 @@ TL.pages.chat = {
     const temperature = h("input", { id: "chat-temperature", type: "number", step: "0.1", min: "0", max: "2", value: "0.7" });
     const topP = h("input", { id: "chat-top-p", type: "number", step: "0.05", min: "0.05", max: "1", value: "0.9" });
     const maxTokens = h("input", { id: "chat-max-tokens", type: "number", min: "1", max: "4096", value: "128" });
+    const topK = h("input", { id: "chat-top-k", type: "number", min: "0", step: "1", value: "0" });
+    const beams = h("input", { id: "chat-beams", type: "number", min: "1", max: "64", step: "1", value: "1" });
+    const seed = h("input", { id: "chat-seed", type: "number", min: "0", step: "1", placeholder: "none" });
     const system = h("input", { id: "chat-system", placeholder: "optional system prompt" });
     const prompt = h("textarea", { id: "chat-input", rows: 3, placeholder: "Ask something…" });
     const send = h("button", { class: "primary", id: "chat-send" }, "Send");
@@ -74,6 +77,9 @@ TL.pages.chat = {
       const t = Number(temperature.value);
       payload.temperature = isFinite(t) ? t : 0.7;
       if (payload.temperature > 0) payload.top_p = Number(topP.value) || 0.9;
+      if (payload.temperature > 0 && Number(topK.value) > 0) payload.top_k = Number(topK.value);
+      if (Number(beams.value) > 1) payload.num_beams = Number(beams.value);
+      if (seed.value !== "") payload.seed = Number(seed.value);
       let text_ = "";
       try {
         await streamChat(payload, (piece) => {
@@ -114,7 +120,8 @@ TL.pages.chat = {
       TL.card(null,
         h("div", { class: "row wrap" },
           TL.field("model A", pickA), TL.field("model B (side by side)", pickB),
-          TL.field("temperature (0 = greedy)", temperature), TL.field("top_p", topP), TL.field("max tokens", maxTokens)),
+          TL.field("temperature (0 = greedy)", temperature), TL.field("top_p", topP), TL.field("top_k (0 = off)", topK),
+          TL.field("beams", beams), TL.field("seed", seed), TL.field("max tokens", maxTokens)),
         TL.field("system prompt", system)),
       h("div", { class: "chat-columns" },
         TL.card("A", sides.A.box),
