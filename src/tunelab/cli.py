@@ -266,17 +266,33 @@ def report(
 
 @app.command()
 def compare(
-    run_a: Path = typer.Argument(..., help="The first run directory."),
-    run_b: Path = typer.Argument(..., help="The second run directory (same validation data)."),
+    runs: list[Path] = typer.Argument(..., help="Two or more run directories."),
     output: Path = typer.Option(Path("compare.html"), "--output", "-o", help="Where to write the HTML."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
 ) -> None:
-    """Compare two runs on the same validation data in one HTML page (metrics, curves, answers side by side)."""
-    from tunelab.report import write_compare_report
+    """Compare runs: per run the adapter, trainable parameters, the metric before and after training, training time,
+    peak memory and speed; for two runs on the same validation data also an HTML page with answers side by side."""
+    from tunelab.report import write_compare_report, write_summary_report
 
+    if len(runs) < 2:
+        raise TunelabError("compare needs at least two runs", hint="tunelab compare RUN_DIR RUN_DIR [RUN_DIR ...]")
     if output.exists() and not force:
         raise TunelabError("output file already exists", file=str(output), hint="pass --force to replace it")
-    console.print(f"comparison: {write_compare_report(run_a, run_b, output)}")
+    print_summary([str(r) for r in runs])
+    page = write_compare_report(runs[0], runs[1], output) if len(runs) == 2 else write_summary_report(runs, output)
+    console.print(f"comparison: {page}")
+
+
+def print_summary(run_dirs: list[str]) -> None:
+    """The methods table of several runs (see ``compare.run_summary``)."""
+    from tunelab.compare import SUMMARY_COLUMNS, run_summary, summary_cells
+
+    table = Table(title="runs side by side")
+    for column in SUMMARY_COLUMNS:
+        table.add_column(column, justify="left" if column in ("run", "problem", "adapter", "metric") else "right")
+    for run_dir in run_dirs:
+        table.add_row(*summary_cells(run_summary(run_dir)))
+    console.print(table)
 
 
 # ---------------------------------------------------------------------------------------------------------- serve
@@ -507,6 +523,7 @@ def runs_compare(
             raise TunelabError("the run directory is gone", file=str(row["path"]))
         configs.append(_yaml.safe_load(path.read_text(encoding="utf-8")))
     labels = [f"{row['id']} {row['name']}" for row in rows]
+    print_summary([str(row["path"]) for row in rows])
     table = Table(title="config differences")
     table.add_column("field")
     for label in labels:

@@ -56,3 +56,93 @@ def plot_curves(runs: list[tuple[str, Path]], path: Path, keys: tuple[str, ...] 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+SUMMARY_COLUMNS = (
+    "run",
+    "problem",
+    "adapter",
+    "trainable params",
+    "total params",
+    "metric",
+    "before",
+    "after",
+    "train time",
+    "peak memory",
+    "trained tokens/s",
+)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def run_summary(run_dir: str | Path) -> dict[str, Any]:
+    """What a comparison of methods needs from one run directory (the seed material's full / head-only / PEFT
+    table): adapter, trainable and total parameters, the chosen metric before and after, time, memory, speed.
+
+    Raises:
+        RunDirError: when ``run_dir`` holds no run.json.
+    """
+    import yaml
+
+    from tunelab.config import metric_key
+    from tunelab.errors import RunDirError
+
+    path = Path(run_dir)
+    info = _read_json(path / "run.json")
+    if not info:
+        raise RunDirError("not a tunelab run directory (no run.json)", file=str(path))
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    metrics = _read_json(path / "metrics.json")
+    metric = metric_key(str((config.get("prediction") or {}).get("metric") or "loss"))
+    before, after = metrics.get("before", {}), metrics.get("after", {})
+    if metric not in after:
+        metric = "loss"
+    seconds = info.get("train_seconds")
+    trained = info.get("trained_tokens")
+    return {
+        "run": str(config.get("experiment_name") or path.name),
+        "problem": info.get("problem_type", "-"),
+        "adapter": info.get("adapter", "-"),
+        "trainable params": info.get("trainable_parameters"),
+        "total params": info.get("total_parameters"),
+        "share": info.get("trainable_share"),
+        "metric": metric,
+        "before": before.get(metric),
+        "after": after.get(metric),
+        "train time": seconds,
+        "peak memory": info.get("peak_memory_gb"),
+        "trained tokens/s": trained / seconds if trained and seconds else None,
+        "status": info.get("status", "-"),
+    }
+
+
+def summary_cells(row: dict[str, Any]) -> list[str]:
+    """One summary row as text, in ``SUMMARY_COLUMNS`` order."""
+
+    def number(value: Any, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    trainable = row["trainable params"]
+    share = f" ({100 * row['share']:.2f}%)" if row.get("share") is not None else ""
+    return [
+        row["run"] if row["status"] == "finished" else f"{row['run']} ({row['status']})",
+        str(row["problem"]),
+        str(row["adapter"]),
+        ("-" if trainable is None else f"{trainable:,}") + share,
+        number(row["total params"], ","),
+        row["metric"],
+        number(row["before"], ".4g"),
+        number(row["after"], ".4g"),
+        "-" if row["train time"] is None else f"{row['train time']:.0f} s",
+        "-" if row["peak memory"] is None else f"{row['peak memory']:.2f} GB",
+        number(row["trained tokens/s"], ".0f"),
+    ]

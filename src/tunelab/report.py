@@ -635,6 +635,26 @@ def write_compare_report(run_a: str | Path, run_b: str | Path, output: str | Pat
     return path
 
 
+def write_summary_report(runs: list[str | Path], output: str | Path) -> Path:
+    """Write an HTML page with the methods table and overlaid curves of several runs, atomically."""
+    from tunelab.compare import SUMMARY_COLUMNS, run_summary, summary_cells
+
+    loaded = [load_run(r) for r in runs]
+    head = "".join(f"<th>{_e(c)}</th>" for c in SUMMARY_COLUMNS)
+    body_rows = "".join(
+        "<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in summary_cells(run_summary(r.path))) + "</tr>"
+        for r in loaded
+    )
+    body = (
+        f"<h2>Runs side by side</h2><table><tr>{head}</tr>{body_rows}</table>"
+        + "<h2>Curves</h2>"
+        + _charts([(r.name, r) for r in loaded])
+    )
+    path = Path(output)
+    write_text_atomic(path, _page("tunelab compare · " + ", ".join(r.name for r in loaded), body))
+    return path
+
+
 def _paired_rows(a: RunFiles, b: RunFiles) -> list[dict[str, Any]] | None:
     """Rows of A and B side by side (change = B's score - A's), or None when either run has none.
 

@@ -82,7 +82,9 @@ class GrammarCompilers:
             import xgrammar
         except ImportError:
             raise ConfigError(
-                "response_format needs the xgrammar package", field="response_format", hint="pip install 'tunelab[json]' (or pip install xgrammar)"
+                "response_format needs the xgrammar package",
+                field="response_format",
+                hint="pip install 'tunelab[json]' (or pip install xgrammar)",
             ) from None
         key = (id(tokenizer), size)
         with self.lock:

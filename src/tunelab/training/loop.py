@@ -29,6 +29,7 @@ from tunelab.training.evaluation import Evaluator
 from tunelab.training.fingerprint import check_fingerprints, fingerprints
 from tunelab.training.guards import TrainingStopped, check_step
 from tunelab.training.logger import MetricLogger, progress_bar
+from tunelab.training.memory import peak_memory_gb
 from tunelab.training.setup import TrainSetup, resolve_seed, setup
 from tunelab.training.state import TrainState
 
@@ -225,6 +226,7 @@ def _train(
             train_tokens=state.tokens_seen,
             train_positions=state.positions_seen,
             trained_tokens=state.trained_seen,
+            peak_memory_gb=round(peak_memory_gb(), 3),
         )
         run.save_info(info)
         registry.update(run_id, status="finished", metrics=metrics, ended=True)

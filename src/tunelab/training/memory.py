@@ -73,3 +73,14 @@ def _release_after_forward(module: Any, inputs: Any, output: Any) -> None:
 
 def _release_in_backward(grad: torch.Tensor) -> None:
     release_freed_memory()
+
+
+def peak_memory_gb() -> float:
+    """The peak memory of this process so far: allocated GPU memory on CUDA, else the peak resident set (RSS)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 1e9
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
