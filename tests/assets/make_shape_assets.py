@@ -160,10 +160,7 @@ def main() -> None:
     )
     jsondoc(
         "llamafactory_messages.json",
-        [
-            {"messages": [{"role": "system", "content": "Be brief."}, user(q(i)), assistant(a(i))]}
-            for i in rng
-        ],
+        [{"messages": [{"role": "system", "content": "Be brief."}, user(q(i)), assistant(a(i))]} for i in rng],
     )
     jsondoc(
         "llamafactory_kto.json",
@@ -222,13 +219,22 @@ def main() -> None:
     # ---- Classification: GLUE-style TSV (label first, CRLF), the other column order, sentence pairs
     words = ["a great film", "a dull mess", "wonderful acting", "boring and long", "truly moving", "a waste"]
     table("glue_sst2.tsv", ["label", "sentence"], [[i % 2 ^ 1, f"{words[i % 6]} number {i}"] for i in rng], "\t")
-    table("sentence_label.csv", ["sentence", "sentiment"], [[f"{words[i % 6]} number {i}", ["pos", "neg"][i % 2]]
-                                                            for i in rng])
+    table(
+        "sentence_label.csv",
+        ["sentence", "sentiment"],
+        [[f"{words[i % 6]} number {i}", ["pos", "neg"][i % 2]] for i in rng],
+    )
     table(
         "nli_pairs.tsv",
         ["premise", "hypothesis", "label"],
-        [[f"Item {i} is {COLOURS[i % 12]} and round.", f"Item {i} is {'round' if i % 2 else 'square'}.",
-          ["entailment", "contradiction"][i % 2 ^ 1]] for i in rng],
+        [
+            [
+                f"Item {i} is {COLOURS[i % 12]} and round.",
+                f"Item {i} is {'round' if i % 2 else 'square'}.",
+                ["entailment", "contradiction"][i % 2 ^ 1],
+            ]
+            for i in rng
+        ],
         "\t",
     )
 
