@@ -51,7 +51,7 @@ def test_llamafactory_lora_sft(tmp_path, monkeypatch):
     t = cfg.training
     assert (t.adapter, t.lora_r, t.lora_alpha, t.lora_dropout, t.lora_target_modules) == ("lora", 8, 16, 0.0, "")
     assert (t.batch_size, t.grad_accumulation, t.learning_rate, t.epochs) == (1, 8, 1e-4, 3)
-    assert (t.schedule, t.warmup_epochs, t.logging_steps, t.save_steps, t.gradient_clip) == ("Cosine", 0.3, 10, 500, 1)
+    assert (t.schedule, t.warmup_ratio, t.logging_steps, t.save_steps, t.gradient_clip) == ("Cosine", 0.1, 10, 500, 1)
     assert cfg.dataset.chat_template == "llama3" and cfg.dataset.format == "alpaca" and cfg.dataset.data_sample == 1000
     assert cfg.tokenizer.max_length == cfg.tokenizer.max_length_prompt == cfg.tokenizer.max_length_answer == 2048
     assert (cfg.output_directory, cfg.experiment_name) == ("saves/llama3-8b/lora", "sft")
@@ -104,7 +104,7 @@ def test_axolotl_lora_8b(tmp_path):
     t = cfg.training
     assert (t.adapter, t.lora_r, t.lora_alpha, t.lora_dropout, t.lora_target_modules) == ("lora", 32, 16, 0.05, "")
     assert (t.batch_size, t.grad_accumulation, t.epochs, t.learning_rate, t.optimizer) == (2, 4, 4, 2e-4, "AdamW8bit")
-    assert (t.schedule, t.warmup_epochs, t.packing, t.logging_steps) == ("Cosine", 0.4, True, 1)
+    assert (t.schedule, t.warmup_ratio, t.packing, t.logging_steps) == ("Cosine", 0.1, True, 1)
     assert (t.evaluation_epochs, t.save_epochs, t.gradient_clip) == (0.25, 1.0, 1.0)
     ds = cfg.dataset
     assert (ds.train_dataframe, ds.format, ds.validation_size) == ("mhenrichsen/alpaca_2k_test", "alpaca", 0.05)
@@ -137,7 +137,7 @@ def test_axolotl_qlora_dpo_and_chat_template(tmp_path):
     assert (cfg.dataset.format, cfg.dataset.prompt_column) == ("preference", ("conversation",))
     assert cfg.training.lora_target_modules == "q_proj,v_proj" and cfg.dataset.chat_template == "llama3"
     reasons = dict(result.left_out)
-    assert set(reasons) == {"warmup_steps", "lr_scheduler"} and "rex" in reasons["lr_scheduler"]
+    assert set(reasons) == {"lr_scheduler"} and "rex" in reasons["lr_scheduler"] and cfg.training.warmup_steps == 10
 
 
 def test_h2o_causal_lm_cfg(tmp_path):

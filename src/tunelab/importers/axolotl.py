@@ -7,6 +7,7 @@ from typing import Any
 
 from tunelab.errors import ConfigError
 from tunelab.importers.common import (
+    TRAINER_ARGUMENTS,
     Mapper,
     flag,
     is_unset,
@@ -19,22 +20,13 @@ from tunelab.importers.common import (
     whole,
 )
 
-ONE_TO_ONE = {
+ONE_TO_ONE = TRAINER_ARGUMENTS | {
     "lora_r": ("training.lora_r", whole),
     "lora_alpha": ("training.lora_alpha", number),
     "lora_dropout": ("training.lora_dropout", number),
     "peft_use_dora": ("training.use_dora", flag),
     "peft_use_rslora": ("training.use_rslora", flag),
     "micro_batch_size": ("training.batch_size", whole),
-    "gradient_accumulation_steps": ("training.grad_accumulation", whole),
-    "learning_rate": ("training.learning_rate", number),
-    "weight_decay": ("training.weight_decay", number),
-    "max_grad_norm": ("training.gradient_clip", number),
-    "max_steps": ("training.max_steps", whole),
-    "logging_steps": ("training.logging_steps", whole),
-    "save_steps": ("training.save_steps", whole),
-    "eval_steps": ("training.eval_steps", whole),
-    "save_total_limit": ("training.save_total_limit", whole),
     "early_stopping_patience": ("training.early_stopping_patience", whole),
     "group_by_length": ("training.group_by_length", flag),
     "sample_packing": ("training.packing", flag),
@@ -67,7 +59,6 @@ REASONS = {
     "hub_strategy": "tunelab does not upload models",
     "pad_to_sequence_len": "tunelab pads each batch to its own longest row",
     "eval_sample_packing": "tunelab evaluates unpacked rows",
-    "warmup_steps": "tunelab's warm-up is counted in epochs (training.warmup_epochs)",
     "tf32": "no tunelab setting (PyTorch's default matmul precision is used)",
     "flash_attention": KERNELS,
     "sdp_attention": KERNELS,
@@ -315,11 +306,6 @@ def _training(m: Mapper) -> None:
     epochs = m.take("num_epochs")
     if epochs is not None:
         m.set("training.epochs", epochs, "num_epochs", whole)
-    ratio = m.take("warmup_ratio")
-    if ratio is not None and m.has("training.epochs"):
-        m.set("training.warmup_epochs", round(number(ratio) * m.value("training.epochs"), 6), "warmup_ratio")
-    elif ratio is not None:
-        m.leave("warmup_ratio", "tunelab's warm-up is counted in epochs; the number of epochs was not imported")
     schedule = m.take("lr_scheduler")
     m.set("training.schedule", schedule or "cosine", "lr_scheduler", schedule_of)  # Axolotl: empty = cosine
     for key, field in (("evals_per_epoch", "evaluation_epochs"), ("saves_per_epoch", "save_epochs")):

@@ -226,3 +226,19 @@ def set_output_dir(mapper: Mapper, key: str) -> None:
         directory, name = run_location(str(value))
         mapper.set("output_directory", directory or ".", key)
         mapper.set("experiment_name", name, key)
+
+
+# The Hugging Face Trainer's arguments, which LLaMA-Factory and Axolotl both pass through under the Trainer's names.
+TRAINER_ARGUMENTS = {
+    "gradient_accumulation_steps": ("training.grad_accumulation", whole),
+    "learning_rate": ("training.learning_rate", number),
+    "weight_decay": ("training.weight_decay", number),
+    "max_grad_norm": ("training.gradient_clip", number),
+    "max_steps": ("training.max_steps", whole),
+    "logging_steps": ("training.logging_steps", whole),
+    "save_steps": ("training.save_steps", whole),
+    "eval_steps": ("training.eval_steps", whole),
+    "save_total_limit": ("training.save_total_limit", whole),
+    "warmup_steps": ("training.warmup_steps", whole),
+    "warmup_ratio": ("training.warmup_ratio", number),
+}

@@ -12,6 +12,7 @@ from typing import Any
 
 from tunelab.errors import ConfigError
 from tunelab.importers.common import (
+    TRAINER_ARGUMENTS,
     Mapper,
     flag,
     number,
@@ -27,7 +28,7 @@ from tunelab.importers.llamafactory_data import map_datasets
 STAGES = {"sft": "causal_lm", "pt": "causal_lm", "rm": "reward", "dpo": "dpo", "ppo": "rl"}
 PREFERENCE_LOSSES = {"sigmoid": "sigmoid", "hinge": "hinge", "ipo": "ipo", "orpo": "orpo", "simpo": "simpo"}
 
-ONE_TO_ONE = {
+ONE_TO_ONE = TRAINER_ARGUMENTS | {
     "model_name_or_path": ("llm_backbone", str),
     "lora_rank": ("training.lora_r", whole),
     "lora_alpha": ("training.lora_alpha", number),
@@ -37,15 +38,6 @@ ONE_TO_ONE = {
     "quantization_type": ("architecture.quantization", str),
     "double_quantization": ("architecture.double_quantization", flag),
     "per_device_train_batch_size": ("training.batch_size", whole),
-    "gradient_accumulation_steps": ("training.grad_accumulation", whole),
-    "learning_rate": ("training.learning_rate", number),
-    "weight_decay": ("training.weight_decay", number),
-    "max_grad_norm": ("training.gradient_clip", number),
-    "max_steps": ("training.max_steps", whole),
-    "logging_steps": ("training.logging_steps", whole),
-    "save_steps": ("training.save_steps", whole),
-    "eval_steps": ("training.eval_steps", whole),
-    "save_total_limit": ("training.save_total_limit", whole),
     "load_best_model_at_end": ("training.load_best_model_at_end", flag),
     "early_stopping_steps": ("training.early_stopping_patience", whole),
     "group_by_length": ("training.group_by_length", flag),
@@ -76,7 +68,6 @@ REASONS = {
     "use_unsloth": "tunelab picks its kernels itself",
     "deepspeed": "tunelab writes its own DeepSpeed config: set environment.distributed (deepspeed_zero2/3)",
     "per_device_eval_batch_size": "tunelab sizes evaluation batches itself (prediction.batch_size_inference)",
-    "warmup_steps": "tunelab's warm-up is counted in epochs (training.warmup_epochs)",
     "additional_target": "tunelab has no extra fully trained modules beside LoRA",
     "pref_ftx": "tunelab's dpo has no added SFT loss (training.preference_loss orpo has one)",
     "ref_model": "tunelab's reference model is the backbone without the adapter",
@@ -155,11 +146,6 @@ def _schedule(m: Mapper) -> None:
     epochs = m.take("num_train_epochs")
     epochs = 3.0 if epochs is None else epochs  # the Trainer's default
     m.set("training.epochs", epochs, "num_train_epochs", whole)
-    ratio = m.take("warmup_ratio")
-    if ratio is not None and m.has("training.epochs"):
-        m.set("training.warmup_epochs", round(number(ratio) * m.value("training.epochs"), 6), "warmup_ratio")
-    elif ratio is not None:
-        m.leave("warmup_ratio", "tunelab's warm-up is counted in epochs; the number of epochs was not imported")
     cutoff = m.take("cutoff_len")
     set_lengths(m, "cutoff_len", 2048 if cutoff is None else cutoff)  # LLaMA-Factory's default
     if m.take("train_on_prompt") is not None:
