@@ -95,4 +95,4 @@ def test_gguf_export_of_a_lora_run(lora_run, tmp_path):
     folder, parity = export_run(lora_run, "gguf", out=tmp_path / "gguf", quant="f16")
     assert (folder / "model-f16.gguf").is_file() and (folder / "README.md").is_file()
     assert parity["top1_agreement"] == 1.0 and parity["passed"]
-    assert parity["max_abs_logit_diff"] <= parity["tolerance"]
+    assert parity["mean_kld"] <= parity["criteria"]["max_mean_kld"]

@@ -603,7 +603,9 @@ def export(
     fmt: str = typer.Option("merged", "--format", help="adapter, merged or gguf."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Export folder (default RUN_DIR/exports/...)."),
     dtype: str = typer.Option("float32", "--dtype", help="Merged weights: float32, float16 or bfloat16."),
-    quant: str = typer.Option("q8_0", "--quant", help="GGUF tensors: f32, f16 or q8_0."),
+    quant: str = typer.Option(
+        "q8_0", "--quant", help="GGUF tensors: f32, f16, q8_0, q4_0, or (with llama.cpp) q4_k_m, q5_k_m, q6_k."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing export folder."),
 ) -> None:
     """Export a run (adapter, merged model or GGUF) with a model card and a parity check."""
@@ -611,15 +613,21 @@ def export(
 
     if dtype not in ("float32", "float16", "bfloat16"):
         raise TunelabError(f"unknown dtype '{dtype}'", field="--dtype", hint="float32, float16 or bfloat16")
-    if quant not in ("f32", "f16", "q8_0"):
-        raise TunelabError(f"unknown GGUF type '{quant}'", field="--quant", hint="f32, f16 or q8_0")
+    from tunelab.infer.gguf_export import QUANTS
+
+    if quant.strip().lower() not in QUANTS:
+        raise TunelabError(f"unknown GGUF type '{quant}'", field="--quant", hint=", ".join(QUANTS))
     folder, parity = export_run(run_dir, fmt, output, dtype, quant, force, console)
     verdict = "[green]passed[/]" if parity.get("passed") else "[red]FAILED[/]"
     details = ", ".join(
-        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in parity.items() if k != "passed"
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in parity.items()
+        if k not in ("passed", "criteria", "greedy_matches")
     )
     console.print(f"exported {fmt} to {folder}")
     console.print(f"parity check {verdict}: {details}")
+    if parity.get("criteria"):
+        console.print("criteria: " + ", ".join(f"{k} {v}" for k, v in parity["criteria"].items()))
     if not parity.get("passed"):
         sys.exit(1)
 

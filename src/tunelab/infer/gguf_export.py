@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,9 +25,73 @@ from tunelab.errors import ConfigError, ModelError
 
 log = logging.getLogger("tunelab")
 
-QUANTS = ("f32", "f16", "q8_0")
+# Tensor types this module writes itself (the gguf package quantises them), and the k-quant mixes made by llama.cpp's
+# own quantizer from an f32 file (they keep sensitive tensors, such as the output head, at higher precision).
+NATIVE_QUANTS = ("f32", "f16", "q8_0", "q4_0")
+LLAMA_CPP_QUANTS = {"q4_k_m": "MOSTLY_Q4_K_M", "q5_k_m": "MOSTLY_Q5_K_M", "q6_k": "MOSTLY_Q6_K"}
+QUANTS = NATIVE_QUANTS + tuple(LLAMA_CPP_QUANTS)
 # transformers model types written as llama.cpp's "llama" architecture (llama.cpp's converter maps Mistral there too).
 MODEL_TYPES = ("llama", "mistral")
+
+
+def normalize_quant(quant: str) -> str:
+    """``quant`` in the spelling used here (``Q4_K_M`` -> ``q4_k_m``).
+
+    Raises:
+        ConfigError: for a type this exporter does not write.
+    """
+    name = str(quant).strip().lower()
+    if name not in QUANTS:
+        raise ConfigError(f"unknown GGUF quantisation '{quant}'", field="quant", hint=f"use one of {', '.join(QUANTS)}")
+    return name
+
+
+def llama_cpp_quantizer() -> Any:
+    """A function ``(source, target, quant)`` quantising an f32 GGUF file with llama.cpp: through llama-cpp-python
+    when installed, else the ``llama-quantize`` program on PATH.
+
+    Raises:
+        ModelError: when neither is available.
+    """
+    try:
+        import llama_cpp
+    except ImportError:
+        llama_cpp = None
+    if llama_cpp is not None:
+        return _quantize_in_process
+    program = shutil.which("llama-quantize")
+    if program:
+        return lambda source, target, quant: _quantize_with_program(program, source, target, quant)
+    raise ModelError(
+        "k-quant GGUF types (q4_k_m, q5_k_m, q6_k) are made by llama.cpp's quantizer, which is not installed",
+        hint="pip install 'tunelab[gguf]' (llama-cpp-python: builds llama.cpp, a few minutes) or put llama.cpp's "
+        "llama-quantize on PATH; f32, f16, q8_0 and q4_0 need nothing more",
+    )
+
+
+def _quantize_in_process(source: Path, target: Path, quant: str) -> None:
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_" + LLAMA_CPP_QUANTS[quant])
+    params.nthread = os.cpu_count() or 1
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params)) != 0:
+        raise ModelError(f"llama.cpp could not quantise the model to {quant}", file=str(source))
+
+
+def _quantize_with_program(program: str, source: Path, target: Path, quant: str) -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [program, str(source), str(target), LLAMA_CPP_QUANTS[quant].removeprefix("MOSTLY_")],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ModelError(f"llama-quantize failed to make {quant} ({tail[0]})", file=str(source))
 
 
 def check_model_type(model_type: str | None, where: str = "") -> None:
@@ -112,8 +177,10 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, quant: str = "f16")
     Args:
         model_dir: folder with ``config.json`` (model_type ``llama``), ``*.safetensors`` and a tokenizer.
         out_path: the ``.gguf`` file to write; its folder is created if needed.
-        quant: ``"f32"``, ``"f16"`` or ``"q8_0"``. Norms stay F32 as in llama.cpp; with ``q8_0`` a matrix whose rows
-            are not a multiple of 32 falls back to F16.
+        quant: one of ``QUANTS``. Norms stay F32 as in llama.cpp; with ``q8_0`` / ``q4_0`` a matrix whose rows are
+            not a multiple of 32 falls back to F16, and with ``q4_0`` the output head (the embeddings when tied)
+            is Q8_0, as llama.cpp keeps it at a higher precision. The k-quants are written as f32 and quantised by
+            llama.cpp (``llama_cpp_quantizer``).
 
     Returns:
         The path of the written file.
@@ -122,39 +189,50 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, quant: str = "f16")
         ConfigError: for an unknown ``quant``.
         ModelError: for a model or tokenizer this exporter cannot convert.
     """
-    import gguf
-
-    quant = quant.strip().lower()
-    if quant not in QUANTS:
-        raise ConfigError(f"unknown GGUF quantisation '{quant}'", field="quant", hint=f"use one of {', '.join(QUANTS)}")
+    quant = normalize_quant(quant)
+    quantizer = llama_cpp_quantizer() if quant in LLAMA_CPP_QUANTS else None  # fail before any work
     model_dir = Path(model_dir)
     out = Path(out_path)
-    hp = _read_hparams(model_dir)
-    plans = _plan_tensors(model_dir, hp, quant)
-    vocab = _read_vocab(model_dir, hp.vocab_size)
-
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    source = tmp.with_suffix(".f32.tmp")
     try:
-        writer = gguf.GGUFWriter(tmp, "llama")
-        _add_model_metadata(writer, hp, quant)
-        _add_vocab_metadata(writer, vocab)
-        for plan in plans:
-            writer.add_tensor_info(plan.name, plan.shape, np.float32, _nbytes(plan), raw_dtype=plan.qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for data in _tensor_data(plans):
-            writer.write_tensor_data(data)
-        writer.close()
+        if quantizer is None:
+            hp = _write_native(model_dir, tmp, quant)
+        else:
+            hp = _write_native(model_dir, source, "f32")
+            quantizer(source, tmp, quant)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    log.info("wrote %s (%s, %d tensors)", out, quant, len(plans))
+    finally:
+        source.unlink(missing_ok=True)
+    log.info("wrote %s (%s, %d layers)", out, quant, hp.layers)
     return out
+
+
+def _write_native(model_dir: Path, tmp: Path, quant: str) -> _Hparams:
+    """Write the GGUF file of ``model_dir`` with tensor type ``quant`` (one of ``NATIVE_QUANTS``) to ``tmp``."""
+    import gguf
+
+    hp = _read_hparams(model_dir)
+    plans = _plan_tensors(model_dir, hp, quant)
+    vocab = _read_vocab(model_dir, hp.vocab_size)
+    writer = gguf.GGUFWriter(tmp, "llama")
+    _add_model_metadata(writer, hp, quant)
+    _add_vocab_metadata(writer, vocab)
+    for plan in plans:
+        writer.add_tensor_info(plan.name, plan.shape, np.float32, _nbytes(plan), raw_dtype=plan.qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for data in _tensor_data(plans):
+        writer.write_tensor_data(data)
+    writer.close()
+    return hp
 
 
 def _read_hparams(model_dir: Path) -> _Hparams:
@@ -257,6 +335,7 @@ def _plan_tensors(model_dir: Path, hp: _Hparams, quant: str) -> list[_TensorPlan
         "f32": GGMLQuantizationType.F32,
         "f16": GGMLQuantizationType.F16,
         "q8_0": GGMLQuantizationType.Q8_0,
+        "q4_0": GGMLQuantizationType.Q4_0,
     }[quant]
     plans: list[_TensorPlan] = []
     for source, file in sorted(_weight_files(model_dir).items()):
@@ -266,6 +345,9 @@ def _plan_tensors(model_dir: Path, hp: _Hparams, quant: str) -> list[_TensorPlan
         with safe_open(file, framework="pt") as fh:
             shape = tuple(fh.get_slice(source).get_shape())
         qtype = matrix_type
+        head = name == "output.weight" or (hp.tied and name == "token_embd.weight")
+        if quant == "q4_0" and head:
+            qtype = GGMLQuantizationType.Q8_0  # the output head is the most sensitive matrix (llama.cpp: Q6_K)
         if len(shape) <= 1:
             qtype = GGMLQuantizationType.F32  # norms are tiny and precision-sensitive: llama.cpp keeps them F32
         elif shape[-1] % GGML_QUANT_SIZES[qtype][0]:
@@ -326,7 +408,12 @@ def _tensor_data(plans: list[_TensorPlan]) -> Iterator[np.ndarray]:
 def _add_model_metadata(writer: Any, hp: _Hparams, quant: str) -> None:
     from gguf import GGML_QUANT_VERSION, LlamaFileType
 
-    file_type = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16, "q8_0": LlamaFileType.MOSTLY_Q8_0}
+    file_type = {
+        "f32": LlamaFileType.ALL_F32,
+        "f16": LlamaFileType.MOSTLY_F16,
+        "q8_0": LlamaFileType.MOSTLY_Q8_0,
+        "q4_0": LlamaFileType.MOSTLY_Q4_0,
+    }
     writer.add_type("model")
     writer.add_name(hp.name)
     writer.add_file_type(int(file_type[quant]))
@@ -488,8 +575,10 @@ def compare_with_gguf(model_dir: str | Path, gguf_path: str | Path, prompts: lis
         prompts: token-id prompts, each non-empty.
 
     Returns:
-        ``max_abs_logit_diff`` (over every prompt position and vocabulary entry), ``top1_agreement`` (share of
-        prompt positions whose argmax agrees) and ``greedy_match`` (whether 16 greedily generated tokens are
+        ``max_abs_logit_diff`` (over every prompt position and vocabulary entry), ``mean_kld`` / ``max_kld`` (the
+        KL divergence of the export's next-token distribution from the original's, per prompt position, as in
+        llama.cpp's KLD statistics), ``top1_agreement`` (share of prompt positions whose argmax agrees) and
+        ``greedy_match`` (whether 16 greedily generated tokens are
         identical for every prompt; end-of-sequence does not stop generation, so both always produce 16), plus
         ``greedy_matches``, the same verdict per prompt.
 
@@ -497,6 +586,8 @@ def compare_with_gguf(model_dir: str | Path, gguf_path: str | Path, prompts: lis
         ValueError: for no prompts or an empty one.
         ModelError: when either model cannot be loaded.
     """
+    import torch
+
     if not prompts or any(len(prompt) == 0 for prompt in prompts):
         raise ValueError("compare_with_gguf needs at least one prompt and no empty prompt")
     gguf_path = Path(gguf_path)
@@ -505,18 +596,28 @@ def compare_with_gguf(model_dir: str | Path, gguf_path: str | Path, prompts: lis
         model = _load_causal_lm(folder, gguf_file)
         runs.append([_logits_and_greedy(model, prompt, 16) for prompt in prompts])
         del model  # keep one model in memory at a time
-    max_diff, agree, positions = 0.0, 0, 0
-    for (ref_logits, _), (out_logits, _) in zip(*runs):
-        max_diff = max(max_diff, (ref_logits - out_logits).abs().max().item())
-        agree += int((ref_logits.argmax(-1) == out_logits.argmax(-1)).sum())
-        positions += ref_logits.shape[0]
+    ref_all = torch.cat([logits for logits, _ in runs[0]])
+    out_all = torch.cat([logits for logits, _ in runs[1]])
+    kld = token_kl_divergence(ref_all, out_all)
     greedy_matches = [ref[1] == out[1] for ref, out in zip(*runs)]
     return {
-        "max_abs_logit_diff": max_diff,
-        "top1_agreement": agree / positions,
+        "max_abs_logit_diff": float((ref_all - out_all).abs().max()),
+        "mean_kld": float(kld.mean()),
+        "max_kld": float(kld.max()),
+        "top1_agreement": float((ref_all.argmax(-1) == out_all.argmax(-1)).float().mean()),
         "greedy_match": all(greedy_matches),
         "greedy_matches": greedy_matches,
     }
+
+
+def token_kl_divergence(reference: Any, other: Any) -> Any:
+    """KL(reference || other) of the next-token distributions, one value per row of two ``[positions, vocab]``
+    logit tensors (float64, so near-identical models give 0, not rounding noise)."""
+    import torch
+
+    ref = torch.log_softmax(reference.double(), -1)
+    out = torch.log_softmax(other.double(), -1)
+    return (ref.exp() * (ref - out)).sum(-1).clamp_min(0.0)
 
 
 def _load_causal_lm(folder: Path, gguf_file: str | None) -> Any:
