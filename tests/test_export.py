@@ -38,7 +38,7 @@ def test_merged_export_matches_the_adapter(lora_run):
         folder / "tokenizer_config.json"
     ).read_text()
     card = (folder / "README.md").read_text()
-    assert "Parity check" in card and "lora" in card and "base_model:" in card
+    assert "Parity check" in card and "lora" in card and "library_name: transformers" in card
     assert json.loads((folder / "parity.json").read_text())["passed"]
     with pytest.raises(ExportError, match="already exists"):
         export_run(lora_run, "merged")

@@ -168,13 +168,21 @@ class RunDirectory:
         return write_rows(self.path / name, rows)
 
     def save_model(self, model: Any, tokenizer: Any, adapter: str) -> Path:
-        """Save the trained weights and tokenizer; each folder appears whole or not at all."""
-        from tunelab.models.adapters import model_dir_name, save_trained
+        """Save the trained weights and tokenizer; each folder appears whole or not at all.
+
+        The weights' folder carries the tokenizer too, and a peft adapter names its base model by hub id, so the folder
+        loads on its own (``AutoPeftModelForCausalLM.from_pretrained(adapter)``).
+        """
+        from tunelab.models.adapters import PEFT_METHODS, model_dir_name, point_adapter_at_base, save_trained
 
         target = self.path / model_dir_name(adapter)
         staging = self.path / f".{target.name}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         save_trained(model, staging, adapter)
+        # Portable weights: the tokenizer (chat template included) beside them, a peft adapter's base named by hub id.
+        tokenizer.save_pretrained(staging)
+        if adapter in PEFT_METHODS:
+            point_adapter_at_base(staging, self.config().llm_backbone)
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         tok_staging = self.path / ".tokenizer.partial"

@@ -19,8 +19,8 @@ from tunelab.config import CAUSAL_LM_PROBLEMS
 from tunelab.errors import TunelabError
 from tunelab.interrupts import StopOnSignal, StopSignal
 from tunelab.io import write_json_atomic, write_text_atomic
-from tunelab.models.adapters import PEFT_METHODS, is_peft_model, is_prompt_learning
-from tunelab.models.load import split_revision
+from tunelab.models.adapters import is_peft_model, is_prompt_learning, point_adapter_at_base
+from tunelab.models.load import base_model_reference
 from tunelab.rundir import RunDirectory
 
 FORMATS = ("adapter", "merged", "gguf")
@@ -217,12 +217,14 @@ def _write(
     if fmt == "adapter":
         shutil.copytree(loaded.run.model_dir, folder, dirs_exist_ok=True)
         loaded.tokenizer.save_pretrained(folder)
+        point_adapter_at_base(folder, loaded.cfg.llm_backbone)  # runs saved before adapters named their base by hub id
         again = load_run(loaded.run.path, device="cpu", full_precision=True)
         return compare_outputs(reference, model_outputs(again.model.float(), again, examples), 1e-5)
     merged = loaded.model.merge_and_unload() if is_peft_model(loaded.model) else loaded.model
     merged = merged.to(getattr(torch, dtype))
     target = folder if fmt == "merged" else folder / ".merged"
     merged.save_pretrained(target)
+    name_base_in_config(target, loaded.cfg.llm_backbone)
     loaded.tokenizer.save_pretrained(target)
     if fmt == "merged":
         fresh = loaded.problem.auto_class().from_pretrained(target, dtype=torch.float32)
@@ -274,51 +276,36 @@ def gguf_parity_verdict(quant: str, measured: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_card(run: RunDirectory, loaded: Any, fmt: str, parity: dict[str, Any], dtype: str, quant: str) -> str:
-    """A README.md for the export: base model, method, data, metrics and the parity result."""
-    cfg = loaded.cfg
-    metrics = run.metrics()
-    info = run.info()
-    rows = "\n".join(
-        f"| {name} | {metrics.get('before', {}).get(name, '-')} | {value} |"
-        for name, value in metrics.get("after", {}).items()
+    """The export's README.md (see ``tunelab.infer.model_card``)."""
+    from tunelab.infer.model_card import build_model_card
+
+    name = {"adapter": run.model_dir.name if run.model_dir else "adapter", "merged": "merged"}.get(fmt, f"gguf-{quant}")
+    return build_model_card(
+        run,
+        fmt,
+        folder_name=name,
+        problem=loaded.problem,
+        parity=parity,
+        dtype=dtype,
+        gguf_file=parity.get("file") if fmt == "gguf" else None,
+        quant=quant,
     )
-    what = {
-        "adapter": f"the {cfg.training.adapter} adapter (load it onto the base model with peft)",
-        "merged": f"the full model with the {cfg.training.adapter} weights merged in ({dtype})",
-        "gguf": f"a GGUF file ({quant}) of the merged model, for llama.cpp and compatible runtimes",
-    }[fmt]
-    return f"""---
-base_model: {split_revision(cfg.llm_backbone)[0]}
-library_name: {"peft" if fmt == "adapter" and cfg.training.adapter in PEFT_METHODS else "transformers"}
-tags: [tunelab, {cfg.problem_type}, {cfg.training.adapter}]
----
 
-# {cfg.experiment_name}
 
-Fine-tuned with [tunelab](https://github.com/tunelab) from **{cfg.llm_backbone}**. This folder holds {what}.
-
-- problem type: {cfg.problem_type}
-- method: {cfg.training.adapter} ({info.get("trainable_parameters", "?")} trainable parameters of
-  {info.get("total_parameters", "?")})
-- data: {cfg.dataset.train_dataframe} ({info.get("train_rows", "?")} training rows, {info.get("validation_rows", "?")}
-  validation rows)
-- training: {cfg.training.epochs} epoch(s), learning rate {cfg.training.learning_rate}, batch size
-  {cfg.training.batch_size}, seed {cfg.environment.seed}
-
-## Validation metrics
-
-| metric | before training | after training |
-|---|---|---|
-{rows}
-
-## Parity check
-
-The same {parity.get("prompts", PARITY_PROMPTS)} validation prompts through the trained model and this export:
-
-```json
-{json.dumps(parity, indent=2)}
-```
-"""
+def name_base_in_config(folder: Path, backbone: str) -> None:
+    """Name the base model in a merged export's config.json the way others know it: ``_name_or_path`` is its hub
+    id (transformers leaves it out), peft's ``base_model_name_or_path`` says the same instead of a cache path, and
+    the name a GGUF backbone's metadata left there (``_model_name_or_path``) goes. A base only this machine has is
+    named by its absolute path in ``base_model_name_or_path`` only."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config.pop("_model_name_or_path", None)
+    ref = base_model_reference(backbone)
+    if "base_model_name_or_path" in config:
+        config["base_model_name_or_path"] = ref.name
+    if not ref.local:
+        config = {"_name_or_path": ref.name, **config}
+    write_json_atomic(path, config)
 
 
 def push_export(folder: str | Path, repo_id: str, private: bool = True) -> str:

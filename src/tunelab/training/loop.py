@@ -29,7 +29,7 @@ from tunelab.training.evaluation import Evaluator
 from tunelab.training.fingerprint import check_fingerprints, fingerprints
 from tunelab.training.guards import TrainingStopped, check_step
 from tunelab.training.logger import MetricLogger, progress_bar
-from tunelab.training.memory import peak_memory_gb
+from tunelab.training.memory import hardware_summary, peak_memory_gb
 from tunelab.training.setup import TrainSetup, resolve_seed, setup
 from tunelab.training.state import TrainState
 
@@ -275,6 +275,7 @@ def _start_info(s: TrainSetup, run: RunDirectory, resumed: bool) -> dict[str, An
             "total_parameters": s.parameters.total,
             "trainable_share": s.parameters.share,
             "processes": s.accelerator.num_processes,
+            "hardware": hardware_summary(),
             "global_batch_size": cfg.training.batch_size * cfg.training.grad_accumulation * s.accelerator.num_processes,
             **s.data.info,
         }
@@ -310,9 +311,15 @@ def _save_results(
 
 
 def _write_report(run: RunDirectory, console: Any) -> None:
-    """report.html for the finished run; a report that fails to render never fails the run it describes."""
+    """report.html and the model card of the trained weights (``adapter/README.md``) for the finished run; neither
+    failing to render fails the run it describes."""
+    from tunelab.infer.model_card import write_run_card
     from tunelab.report import write_report
 
+    try:
+        write_run_card(run.path)
+    except Exception as exc:  # the model and metrics are already saved
+        console.print(f"could not write the model card ({type(exc).__name__}: {exc})")
     try:
         console.print(f"report: {write_report(run.path)}")
     except Exception as exc:  # the model and metrics are already saved; say what went wrong and go on

@@ -84,3 +84,32 @@ def peak_memory_gb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
+
+
+def hardware_summary() -> str:
+    """What this process trains on, in words: the GPUs (count, name, memory), else the CPU (model, cores)."""
+    import os
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        count = torch.cuda.device_count()
+        return f"{count} x {props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return f"Apple GPU (MPS), {platform.machine()}"
+    name = _cpu_name() or platform.processor() or platform.machine() or "unknown CPU"
+    return f"CPU: {name}, {os.cpu_count() or 1} cores"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
