@@ -161,7 +161,8 @@ def _summary(fmt: str, cfg: Any, ref: BaseModelRef, dtype: str, gguf_file: str) 
             "",
             f"> tunelab trained on the weights of `{spec.gguf_file}` (from the `{spec.pip_name}` package), dequantised "
             f"to float32. `{ref.name}` on the hub holds the original weights, which that file rounds: with them the "
-            "adapter answers close to, not exactly like, the trained model (the merged and GGUF exports are exact).",
+            "adapter answers close to, not exactly like, the trained model (merged and GGUF exports carry the trained "
+            "weights themselves).",
         ]
     return "\n".join(lines) + "\n"
 
@@ -194,7 +195,7 @@ def _training_section(facts: dict[str, Any]) -> str:
     if arch.backbone_dtype in ("int8", "int4"):
         precision += f" (bitsandbytes{', ' + arch.quantization if arch.backbone_dtype == 'int4' else ''}: QLoRA)"
     rows.append(("precision", precision))
-    length = f"{info['steps']} optimizer steps" if "steps" in info else ""
+    length = f"{info['steps']} optimizer step{'s' if info['steps'] != 1 else ''}" if "steps" in info else ""
     length += f" ({t.max_steps} planned)" if t.max_steps > 0 else f" ({t.epochs:g} epochs planned)"
     rows.append(("length", length.strip()))
     batch = f"batch size {t.batch_size} x {t.grad_accumulation} accumulation"
@@ -227,6 +228,8 @@ def _method_settings(cfg: Any) -> str:
             if not value:
                 continue
             value = "yes"
+        elif isinstance(value, float):
+            value = f"{value:g}"
         settings.append(f"{name.removeprefix('lora_').replace('_', ' ')} {value}")
     if t.adapter == "none":
         return "full fine-tune (every weight)"

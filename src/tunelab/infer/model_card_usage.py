@@ -32,9 +32,10 @@ def usage_text(fmt: str, folder: str, problem: Any, facts: dict[str, Any], gguf_
         peft_class = auto_class.replace("AutoModel", "AutoPeftModel")
         head = f"from peft import {peft_class}\nfrom transformers import AutoTokenizer\n\n"
         load = f'model = {peft_class}.from_pretrained("{folder}"{_kwargs(problem)})  # or the hub repo id'
+        template = ", with the chat template used in training," if _has_chat_template(problem) else ""
         intro = (
             f"The adapter names its base model (`{ref.name}`) in `adapter_config.json`; peft loads that base and "
-            "puts the adapter on it. The tokenizer, with the chat template used in training, is in this folder.\n"
+            f"puts the adapter on it. The tokenizer{template} is in this folder.\n"
         )
     elif fmt == "adapter" and method != "none":
         head = f"from safetensors.torch import load_file\nfrom transformers import {auto_class}, AutoTokenizer\n\n"
@@ -46,16 +47,16 @@ def usage_text(fmt: str, folder: str, problem: Any, facts: dict[str, Any], gguf_
     else:
         head = f"from transformers import {auto_class}, AutoTokenizer\n\n"
         load = f'model = {auto_class}.from_pretrained("{folder}")  # or the hub repo id'
-        intro = "A plain transformers model folder, tokenizer and chat template included.\n"
+        template = " and chat template" if _has_chat_template(problem) else ""
+        intro = f"A plain transformers model folder, tokenizer{template} included.\n"
     code = head + load + f'\ntokenizer = AutoTokenizer.from_pretrained("{folder}")\n'
     code += _generate_code(cfg, problem, prompt) if generative else _score_code(problem, prompt)
     text = "## Use it\n\n" + intro + "\n```python\n" + code + "```\n"
-    if peft_adapter:
-        text += (
-            "\nWith peft installed, transformers loads it too: "
-            f'`{auto_class}.from_pretrained("{folder}"{_kwargs(problem)})`. tunelab loads it with '
-            f"`tunelab chat RUN_DIR` / `tunelab predict RUN_DIR` from the run directory.\n"
-        )
+    if peft_adapter and generative:
+        text += f'\nWith peft installed, transformers loads it too: `{auto_class}.from_pretrained("{folder}")`.\n'
+    if fmt == "adapter":
+        commands = "`tunelab chat RUN_DIR` / `tunelab predict RUN_DIR`" if generative else "`tunelab predict RUN_DIR`"
+        text += f"\nFrom the run directory it came from, tunelab uses it with {commands}.\n"
     return text
 
 
