@@ -296,6 +296,8 @@ def _data_section(run: RunDirectory, facts: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------------------- results
 def number(value: Any) -> str:
     """A metric value as the card prints it."""
+    if value is None:
+        return "not measured"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, int):
