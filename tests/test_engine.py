@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -245,36 +244,6 @@ def test_ddp_two_processes_match_one_process(resume_cfg, tmp_path):
     info = json.loads((out / "two" / "run.json").read_text())
     assert info["processes"] == 2 and info["global_batch_size"] == 8
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["one", "two"]  # one run directory per run
-
-
-def test_mlflow_and_wandb_receive_metrics_when_configured(resume_cfg, monkeypatch):
-    import types
-
-    calls: dict[str, list] = {"mlflow": [], "wandb": []}
-    mlflow = types.SimpleNamespace(
-        set_experiment=lambda name: None,
-        start_run=lambda run_name=None: None,
-        log_params=lambda params: calls["mlflow"].append(("params", params)),
-        log_metrics=lambda metrics, step: calls["mlflow"].append((step, metrics)),
-        end_run=lambda: None,
-    )
-    wandb_run = types.SimpleNamespace(
-        log=lambda values, step: calls["wandb"].append((step, values)), finish=lambda: None
-    )
-    wandb = types.SimpleNamespace(init=lambda **kwargs: wandb_run)
-    monkeypatch.setitem(sys.modules, "mlflow", mlflow)
-    monkeypatch.setitem(sys.modules, "wandb", wandb)
-    cfg = load_config(
-        base=dict(
-            resume_cfg,
-            training=dict(resume_cfg["training"], max_steps=3, save_steps=0),
-            environment={"seed": 1, "trackers": ["tensorboard", "mlflow", "wandb"]},
-        )
-    )
-    train(cfg)
-    assert calls["mlflow"][0][0] == "params" and calls["mlflow"][0][1]["training.max_steps"] == 3
-    assert [step for step, _ in calls["mlflow"][1:]][:3] == [1, 2, 3]
-    assert "train_loss" in calls["mlflow"][1][1] and "train/loss" in calls["wandb"][0][1]
 
 
 def test_cache_hit_does_not_change_the_initial_weights(resume_cfg, tmp_path):

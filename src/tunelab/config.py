@@ -701,7 +701,8 @@ class EnvironmentConfig(Section):
     trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=lambda: ["tensorboard"],
         description="Experiment trackers: TensorBoard always; MLflow and Weights & Biases when installed "
-        "(configured by their usual environment variables, e.g. MLFLOW_TRACKING_URI, WANDB_PROJECT).",
+        "(pip install 'tunelab[trackers]'; configured by their usual environment variables, e.g. "
+        "MLFLOW_TRACKING_URI, WANDB_PROJECT; W&B runs offline without an API key).",
     )
 
 

@@ -28,7 +28,7 @@ from tunelab.training.checkpoint import (
 from tunelab.training.evaluation import Evaluator
 from tunelab.training.fingerprint import check_fingerprints, fingerprints
 from tunelab.training.guards import TrainingStopped, check_step
-from tunelab.training.logger import MetricLogger, progress_bar
+from tunelab.training.logger import MetricLogger, Trackers, progress_bar
 from tunelab.training.memory import hardware_summary, peak_memory_gb
 from tunelab.training.setup import TrainSetup, resolve_seed, setup
 from tunelab.training.state import TrainState
@@ -70,14 +70,15 @@ def step_stats(problem: Any) -> dict[str, float]:
 
 def train_step(
     s: TrainSetup, window: list[dict[str, torch.Tensor]], state: TrainState | None = None
-) -> tuple[float, int, int, bool]:
+) -> tuple[float, int, int, bool, float]:
     """One optimizer step over an accumulation window, on every process.
 
     The loss is normalised by the trained units (tokens, or rows) of the whole window across all processes, so
     every trained token weighs the same whatever micro-batch or process it lands in.
 
     Returns:
-        (mean loss per trained unit, trained units, input tokens, whether the step was applied).
+        (mean loss per trained unit, trained units, input tokens, whether the step was applied, the gradients'
+        total norm before clipping).
     """
     acc = s.accelerator
     device = acc.device
@@ -109,7 +110,7 @@ def train_step(
         s.optimizer.step()
         s.scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
-    return loss, units, tokens, apply
+    return loss, units, tokens, apply, grad_norm
 
 
 def train(
@@ -197,8 +198,10 @@ def _train(
     registry = RunRegistry(cfg.output_directory) if main else None
     run_id = _register(registry, run, cfg, info) if main else None
     writer = CheckpointWriter(s, run.path, fp)
+    trackers = None
     try:
-        state, evaluator = fit(s, run, console, writer, checkpoint, on_eval, interrupt)
+        trackers = _start_trackers(run, cfg, console, info) if main else None
+        state, evaluator = fit(s, run, console, writer, checkpoint, on_eval, interrupt, trackers)
         metrics = evaluator.metrics_summary()
         if main:
             _save_results(s, run, evaluator, metrics, console)
@@ -210,31 +213,60 @@ def _train(
                 info.update(status=status, finished=time.time(), error=f"{type(error).__name__}: {error}")
                 run.save_info(info)
                 registry.update(run_id, status=status, error=str(error), ended=True)
+            if trackers is not None:
+                trackers.finish(status)
             if error is exc:
                 raise
             raise error from None
     if main:
-        info.pop("error", None)  # a resumed run's earlier stop is history, not this run's state
-        info.update(
-            status="finished",
-            finished=time.time(),
-            steps=state.step,
-            epochs=state.epoch,
-            best_step=state.best_step,
-            early_stopped=state.early_stopped,
-            train_seconds=round(state.train_seconds, 3),
-            train_tokens=state.tokens_seen,
-            train_positions=state.positions_seen,
-            trained_tokens=state.trained_seen,
-            peak_memory_gb=round(peak_memory_gb(), 3),
-        )
-        run.save_info(info)
-        registry.update(run_id, status="finished", metrics=metrics, ended=True)
-        _write_report(run, console)
+        done = False
+        try:
+            _finish_run(run, registry, run_id, info, state, metrics, console)
+            done = True
+        finally:  # after the report, which the trackers attach; once, whatever happened
+            trackers.finish("finished" if done else "failed")
     s.accelerator.wait_for_everyone()
     return RunResult(
         run.path, metrics, s.parameters.trainable, s.parameters.total, evaluator.examples(2) if main else [], run_id
     )
+
+
+def _start_trackers(run: RunDirectory, cfg: RunConfig, console: Any, info: dict[str, Any]) -> Trackers:
+    """TensorBoard and the configured trackers; their run ids go into run.json so a resumed run continues them."""
+    trackers = Trackers(run, cfg.environment.trackers, cfg.to_dict(), console, resume=info.get("trackers"))
+    if trackers.ids and trackers.ids != info.get("trackers"):
+        info["trackers"] = trackers.ids
+        run.save_info(info)
+    return trackers
+
+
+def _finish_run(
+    run: RunDirectory,
+    registry: RunRegistry,
+    run_id: str,
+    info: dict[str, Any],
+    state: TrainState,
+    metrics: dict[str, Any],
+    console: Any,
+) -> None:
+    """Mark the run finished in run.json and the registry, and write its report."""
+    info.pop("error", None)  # a resumed run's earlier stop is history, not this run's state
+    info.update(
+        status="finished",
+        finished=time.time(),
+        steps=state.step,
+        epochs=state.epoch,
+        best_step=state.best_step,
+        early_stopped=state.early_stopped,
+        train_seconds=round(state.train_seconds, 3),
+        train_tokens=state.tokens_seen,
+        train_positions=state.positions_seen,
+        trained_tokens=state.trained_seen,
+        peak_memory_gb=round(peak_memory_gb(), 3),
+    )
+    run.save_info(info)
+    registry.update(run_id, status="finished", metrics=metrics, ended=True)
+    _write_report(run, console)
 
 
 def stopped_error(stop: StopSignal, run_path: Path, writer: CheckpointWriter | None) -> TrainingStopped:
@@ -334,12 +366,15 @@ def fit(
     checkpoint: Path | None = None,
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
     interrupt: StopOnSignal | None = None,
+    trackers: Trackers | None = None,
 ) -> tuple[TrainState, Evaluator]:
-    """The training loop: evaluate before, train the planned steps with evaluations and checkpoints, pick the result."""
+    """The training loop: evaluate before, train the planned steps with evaluations and checkpoints, pick the result.
+
+    ``trackers`` (TensorBoard, MLflow, W&B) get every log record; the caller ends them, after the report."""
     cfg, main = s.cfg, s.accelerator.is_main_process
     interrupt = interrupt or StopOnSignal()  # not entered: signals keep their handlers
     state = TrainState(seed=s.seed)
-    logger = MetricLogger(run, console, enabled=main, trackers=cfg.environment.trackers, config=cfg.to_dict())
+    logger = MetricLogger(run, console, enabled=main, trackers=trackers)
     evaluator = Evaluator(s, run, console)
     pending = False  # the checkpoint was written by a stop before its step's evaluation and log record
     if checkpoint is not None:
@@ -371,7 +406,7 @@ def fit(
             for window in accumulation_windows(s.loader, ga):
                 with interrupt.deferred():  # a signal during the step stops the run once the step is done
                     started = time.perf_counter()
-                    loss, units, tokens, applied = train_step(s, window, state)
+                    loss, units, tokens, applied, grad_norm = train_step(s, window, state)
                     state.batch_in_epoch += len(window)
                     state.train_seconds += time.perf_counter() - tick
                     if not applied:
@@ -382,7 +417,8 @@ def fit(
                     state.tokens_seen += tokens
                     state.trained_seen += units
                     state.positions_seen += sum(b["input_ids"].numel() for b in window)
-                    logger.add(loss, units, tokens, time.perf_counter() - started, step_stats(s.problem))
+                    seconds = time.perf_counter() - started
+                    logger.add(loss, units, tokens, seconds, step_stats(s.problem), grad_norm)
                     writer.mark(state, evaluator, logger, pending=True)
                 done = _finish_step(s, state, evaluator, logger, progress, eval_every, on_eval)
                 writer.mark(state, evaluator, logger)
@@ -400,7 +436,6 @@ def fit(
             f"{cfg.training.early_stopping_patience} evaluations"
         )
     evaluator.finish(state)
-    logger.close()
     return state, evaluator
 
 
