@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest
 from conftest import causal_config
 from test_cli import TUNELAB, assert_one_line_error, write_config
 
-from tunelab.runs import RegistryError, RunRegistry
+from tunelab.errors import TunelabError
+from tunelab.runs import RegistryError, RunRegistry, remove_run
 
 
 def _writer(root: str, worker: int, count: int) -> None:
@@ -40,6 +42,25 @@ def test_get_by_prefix_and_name(tmp_path):
     assert registry.get("alpha")["id"] == run_id
     with pytest.raises(RegistryError, match="no run"):
         registry.get("zzzz")
+
+
+def test_remove_run_refuses_live_runs_and_foreign_folders(tmp_path):
+    registry = RunRegistry(tmp_path)
+    live = registry.add("live", tmp_path / "live", "causal_lm", "tiny", "h", pid=os.getpid())
+    with pytest.raises(TunelabError, match="still running"):
+        remove_run(tmp_path, live)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("x")
+    other = registry.add("foreign", foreign, "causal_lm", "tiny", "h", status="finished")
+    with pytest.raises(TunelabError, match="not a run directory"):
+        remove_run(tmp_path, other, delete_files=True)
+    assert registry.get(other)["name"] == "foreign" and (foreign / "keep.txt").is_file()  # refused: nothing done
+    (foreign / "config.yaml").write_text("{}")
+    assert remove_run(tmp_path, other, delete_files=True)["id"] == other
+    assert not foreign.exists()
+    with pytest.raises(RegistryError):
+        registry.get(other)
 
 
 def test_runs_commands(tiny_llama, qa_jsonl, tmp_path):

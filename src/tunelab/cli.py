@@ -341,10 +341,9 @@ def config_init(
     from tunelab.config import commented_yaml, load_config
     from tunelab.io import write_text_atomic
 
-    base: dict[str, Any] = {"problem_type": problem_type}
-    if problem_type in ("classification", "regression"):
-        base.update(llm_backbone="all-minilm-l6-v2", dataset={"prompt_column": ["text"], "label_column": "label"})
-    cfg = load_config(base=base)
+    from tunelab.problem_spec import starter_config
+
+    cfg = load_config(base=starter_config(problem_type))
     text = commented_yaml(cfg)
     if output is None:
         sys.stdout.write(text)
@@ -550,22 +549,9 @@ def runs_rm(
     delete_files: bool = typer.Option(False, "--delete-files", help="Also delete the run directory."),
 ) -> None:
     """Remove a run from the registry (and with --delete-files, its run directory)."""
-    import shutil
+    from tunelab.runs import remove_run
 
-    from tunelab.runs import RunRegistry
-
-    registry = RunRegistry(output_directory)
-    row = registry.get(run_id)
-    if row["status"] == "running" and row["pid"] and _alive(row["pid"]):
-        raise TunelabError(
-            f"run {row['id']} is still running (process {row['pid']})",
-            hint="stop it first (Ctrl-C in its terminal, or kill -INT the process)",
-        )
-    registry.remove(row["id"])
-    if delete_files and Path(row["path"]).is_dir():
-        if not (Path(row["path"]) / "config.yaml").is_file():
-            raise TunelabError("refusing to delete a folder that is not a run directory", file=row["path"])
-        shutil.rmtree(row["path"])
+    row = remove_run(output_directory, run_id, delete_files)
     console.print(f"removed run {row['id']} ({row['name']})" + (" and its directory" if delete_files else ""))
 
 
@@ -706,14 +692,6 @@ def plan(
             f"({measured['measure']}), {measured['step_seconds']:.3f} s per step; memory error "
             f"{100 * out['memory_error']:+.1f}%, time error {100 * out.get('time_error', 0):+.1f}%"
         )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
 
 
 @app.command()

@@ -12,8 +12,10 @@ a pid that the system gave to another process since count as ended.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import shutil
 import socket
 import sqlite3
 import time
@@ -274,6 +276,42 @@ def process_ended(pid: int | None, started: float | None, host: str | None) -> b
         return True
     except psutil.Error:  # another user's process: it exists, nothing more can be learned
         return False
+
+
+def remove_run(root: str | Path, run_id: str, delete_files: bool = False) -> dict[str, Any]:
+    """Forget a run of the registry in ``root`` and, with ``delete_files``, delete its run directory.
+
+    The one rule for ``tunelab runs rm`` and the studio's delete.
+
+    Returns:
+        The removed registry row.
+
+    Raises:
+        RegistryError: when no run matches ``run_id``.
+        TunelabError: for a run whose process still runs, or (with ``delete_files``) a folder that is not a run.
+    """
+    registry = RunRegistry(root)
+    row = registry.get(run_id)
+    if row["status"] == "running" and row["pid"] and _pid_exists(row["pid"]):
+        raise TunelabError(
+            f"run {row['id']} is still running (process {row['pid']})",
+            hint="stop it first (Ctrl-C in its terminal, or kill -INT the process)",
+        )
+    path = Path(row["path"])
+    if delete_files and path.is_dir() and not (path / "config.yaml").is_file():
+        raise TunelabError("refusing to delete a folder that is not a run directory", file=row["path"])
+    registry.remove(row["id"])
+    if delete_files and path.is_dir():
+        shutil.rmtree(path)
+    return row
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _ended_without_psutil(pid: int) -> bool:

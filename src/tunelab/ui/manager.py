@@ -14,7 +14,7 @@ from typing import Any
 
 from tunelab.config import RunConfig, metric_key, save_config
 from tunelab.errors import TunelabError
-from tunelab.runs import PROCESS_ENDED, RunRegistry
+from tunelab.runs import PROCESS_ENDED, RunRegistry, remove_run
 from tunelab.ui.processes import Children, RecordStore, interrupt, last_error, tail
 
 LOG_TAIL = 30
@@ -117,9 +117,7 @@ class RunManager:
         if self._live_pids(view):
             raise RunActionError(f"run {view['name']} is running", hint="stop it first")
         if view["registered"]:
-            from tunelab.cli import runs_rm
-
-            runs_rm(view["id"], self.output_dir, delete_files)
+            remove_run(self.output_dir, view["id"], delete_files)
         for rec in self._launches_of(view):
             Path(rec["log"]).unlink(missing_ok=True)
             self.launches.remove(rec["id"])
