@@ -25,8 +25,8 @@ def measure(config: str, adapter: str) -> dict[str, float]:
 
     from tunelab.config import load_config
     from tunelab.models.load import load_tokenizer, resolve_backbone
-    from tunelab.plan import current_rss
     from tunelab.problems import build_problem
+    from tunelab.training.measure import current_rss
     from tunelab.training.setup import build_model
 
     cfg = load_config(config, [f"training.adapter={adapter}"])

@@ -341,9 +341,10 @@ def config_init(
     from tunelab.config import commented_yaml, load_config
     from tunelab.io import write_text_atomic
 
-    from tunelab.problem_spec import starter_config
-
-    cfg = load_config(base=starter_config(problem_type))
+    base: dict[str, Any] = {"problem_type": problem_type}
+    if problem_type in ("classification", "regression"):
+        base.update(llm_backbone="all-minilm-l6-v2", dataset={"prompt_column": ["text"], "label_column": "label"})
+    cfg = load_config(base=base)
     text = commented_yaml(cfg)
     if output is None:
         sys.stdout.write(text)
@@ -641,7 +642,8 @@ def plan(
     import json as _json
 
     from tunelab.config import load_config
-    from tunelab.plan import GB, measure_steps
+    from tunelab.plan import GB
+    from tunelab.training.measure import measure_steps
     from tunelab.training.setup import plan_and_size_batches, prepare_data
 
     cfg = load_config(config, overrides)

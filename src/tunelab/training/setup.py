@@ -24,6 +24,7 @@ from tunelab.models.load import (
     quantization_config,
     resolve_backbone,
 )
+from tunelab.plan import build_plan, choose_batch, longest_batch, micro_batch_shape, trained_tokens_per_row
 from tunelab.problems import build_problem
 from tunelab.training.memory import install_memory_release
 from tunelab.training.optim import build_optimizer
@@ -203,8 +204,6 @@ def plan_and_size_batches(
     cfg: RunConfig, problem: Any, source: str, data: DataSplits, report: DataReport, console: Any
 ) -> Any:
     """Resolve ``batch_size: auto`` with the memory planner (in place) and print the plan of the run."""
-    from tunelab.plan import build_plan, choose_batch, longest_batch, micro_batch_shape, trained_tokens_per_row
-
     share = trained_tokens_per_row(data.train)
     if cfg.training.batch_size == "auto":
         seq_len = longest_batch(data.train.lengths(), cfg)
