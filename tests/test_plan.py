@@ -66,3 +66,12 @@ def test_padding_free_batches_are_planned_as_one_row_of_their_tokens(tiny_llama,
     assert rows == 1 and tokens <= 80 + 70 + 60 + 50 and tokens >= 4 * 10
     _, padded_cfg, padded = _plan(tiny_llama, qa_jsonl, tmp_path, training={"padding_free": False})
     assert micro_batch_shape(padded_cfg, padded, lengths) == (4, 80)
+
+
+def test_measured_steps_report_time_and_memory(tiny_llama, qa_jsonl, tmp_path):
+    from conftest import causal_config
+
+    from tunelab.training.measure import measure_steps
+
+    measured = measure_steps(load_config(base=causal_config(tiny_llama, qa_jsonl, tmp_path)), steps=2)
+    assert measured["steps"] == 2 and measured["step_seconds"] > 0 and measured["peak_bytes"] >= 0
