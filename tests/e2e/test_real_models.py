@@ -51,6 +51,7 @@ def test_sst2_minilm_lora_example(tmp_path):
     assert 0.35 <= metrics["before"]["accuracy"] <= 0.65
     assert metrics["after"]["accuracy"] >= 0.80
     assert_report(run, rows=500)
+    assert_card_and_logs(run, "sentence-transformers/all-MiniLM-L6-v2", "sst2_train_5k.tsv")
 
 
 @pytest.mark.parametrize("adapter,lr,gain", [("none", "1e-4", 0.25), ("head_only", "2e-2", 0.1)])
@@ -109,6 +110,29 @@ def test_lamini_docs_smollm2_lora_short(tmp_path):
     metrics = metrics_of(tmp_path / "lamini-docs-smollm2-lora")
     assert metrics["after"]["perplexity"] < 0.9 * metrics["before"]["perplexity"]
     assert_report(tmp_path / "lamini-docs-smollm2-lora", rows=12)
+    assert_card_and_logs(
+        tmp_path / "lamini-docs-smollm2-lora", "HuggingFaceTB/SmolLM2-135M-Instruct", "lamini_docs.jsonl"
+    )
+
+
+def assert_card_and_logs(run: Path, hub_id: str, data_file: str) -> None:
+    """The adapter's model card carries the run's real numbers under hub metadata, and TensorBoard has the
+    Hugging Face Trainer's tags."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    card = (run / "adapter" / "README.md").read_text(encoding="utf-8")
+    metrics, info = metrics_of(run), json.loads((run / "run.json").read_text())
+    front = yaml.safe_load(card.split("---", 2)[1])
+    assert front["base_model"] == hub_id and front["library_name"] == "peft" and front["license"] == "apache-2.0"
+    for name, value in metrics["after"].items():
+        assert f"| {name} | {metrics['before'][name]:.4f} | {value:.4f} |" in card, name
+    assert f"`{data_file}`" in card and f"| {info['train_rows']} |" in card
+    assert "[More Information Needed]" not in card and "None" not in card
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == hub_id
+    events = EventAccumulator(str(run / "logs")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/grad_norm", "train/epoch", "train/learning_rate", "eval/loss"} <= tags, tags
+    assert all(e.value > 0 for e in events.Scalars("train/grad_norm"))
 
 
 def assert_report(run, rows: int) -> None:
