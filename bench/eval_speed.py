@@ -32,7 +32,7 @@ def main() -> None:
 
     from tunelab.config import load_config
     from tunelab.data.pipeline import build_splits
-    from tunelab.infer.generate import auto_batch_size, generate_batched
+    from tunelab.generation.generate import auto_batch_size, generate_batched
     from tunelab.infer.model import load_base
 
     data = REPO.parent / "shared" / "data" / "lamini_docs.jsonl"

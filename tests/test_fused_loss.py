@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunelab.training.fused_loss import chunked_cross_entropy, chunked_token_losses, plain_head
+from tunelab.models.fused_loss import chunked_cross_entropy, chunked_token_losses, plain_head
 
 
 def _setup(bias: bool, head_grad: bool, dtype=torch.float32):

@@ -19,11 +19,11 @@ from rich.console import Console
 from tunelab.api import predict_file, train
 from tunelab.config import PredictionConfig
 from tunelab.errors import ConfigError, TunelabError
+from tunelab.generation.constrain import PenaltyProcessor
+from tunelab.generation.generate import generate_batched
+from tunelab.generation.settings import GenerationSettings, generate_kwargs
 from tunelab.infer.chat import apply_params, chat_repl
-from tunelab.infer.constrain import PenaltyProcessor
-from tunelab.infer.generate import generate_batched
 from tunelab.infer.model import load_run
-from tunelab.infer.settings import GenerationSettings, generate_kwargs
 
 TUNELAB = str(Path(sys.executable).with_name("tunelab"))
 SCHEMA = {

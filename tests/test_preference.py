@@ -97,7 +97,7 @@ def test_pairwise_accuracy_counts_ties_half():
 
 
 def test_token_cross_entropy_gradients_match_the_plain_ones():
-    from tunelab.training.fused_loss import token_cross_entropy
+    from tunelab.models.fused_loss import token_cross_entropy
 
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 30, bias=False).requires_grad_(False)

@@ -351,7 +351,7 @@ def build_plan(
     )
 
 
-CHUNK_ROWS = 512  # training.fused_loss.DEFAULT_CHUNK
+CHUNK_ROWS = 512  # models.fused_loss.DEFAULT_CHUNK
 
 
 def sequences_per_row(cfg: RunConfig) -> int:
@@ -390,7 +390,7 @@ def reference_and_generation(
             reference = int(params * dtype_bytes(cfg.architecture.backbone_dtype))
             notes.append("reference model: a frozen copy of the backbone (full or selective fine-tuning)")
     if cfg.problem_type == "rl":
-        from tunelab.infer.generate import kv_bytes_per_token
+        from tunelab.generation.generate import kv_bytes_per_token
 
         rows = batch * cfg.rl.num_generations
         width = 4 if cfg.architecture.backbone_dtype == "float32" else 2

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import ConfigError, TunelabError
-from tunelab.infer.settings import GenerationSettings, cut_at_stops, held_back, until_end
+from tunelab.generation.settings import GenerationSettings, cut_at_stops, held_back, until_end
 
 HELP = (
     "commands: /reset clears the conversation, /system TEXT sets the system prompt, "
@@ -120,7 +120,7 @@ def answer(loaded: Any, ids: list[int], settings: GenerationSettings, console: A
     import torch
 
     from tunelab.data.collate import pad_left
-    from tunelab.infer.settings import answer_text, generate_kwargs, model_eos_ids, seeded
+    from tunelab.generation.settings import answer_text, generate_kwargs, model_eos_ids, seeded
 
     device = next(loaded.model.parameters()).device
     batch = {k: v.to(device) for k, v in pad_left([ids], loaded.tokenizer.pad_token_id).items()}

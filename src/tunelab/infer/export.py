@@ -57,7 +57,7 @@ def model_outputs(model: Any, loaded: Any, examples: list[dict[str, Any]]) -> di
     problem = loaded.problem
     if loaded.cfg.problem_type not in CAUSAL_LM_PROBLEMS:
         return {"predictions": problem.predict(model, examples)}
-    from tunelab.infer.generate import generate_batched
+    from tunelab.generation.generate import generate_batched
 
     prompts = problem.prompt_ids(examples)
     settings = loaded.cfg.prediction.model_copy(

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tunelab.infer.settings import MAX_BEAMS, MAX_STOPS, GenerationSettings
+from tunelab.generation.settings import MAX_BEAMS, MAX_STOPS, GenerationSettings
 
 MAX_CHOICES = 128
 # What each OpenAI field this server does not implement may be set to without asking for anything (clients send

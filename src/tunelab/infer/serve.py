@@ -36,8 +36,17 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tunelab.data.collate import pad_left
 from tunelab.errors import ConfigError, TunelabError
+from tunelab.generation.constrain import COMPILERS, check_vocabulary, vocab_size
+from tunelab.generation.settings import (
+    GenerationSettings,
+    cut_at_stops,
+    generate_kwargs,
+    held_back,
+    model_eos_ids,
+    seeded,
+    until_end,
+)
 from tunelab.http_guard import HostAllowList, add_request_guard, is_loopback
-from tunelab.infer.constrain import COMPILERS, check_vocabulary, vocab_size
 from tunelab.infer.model import LoadedRun, load_run
 from tunelab.infer.openai_api import (
     PARAMS,
@@ -46,15 +55,6 @@ from tunelab.infer.openai_api import (
     CompletionBody,
     GenerationBody,
     ScoreBody,
-)
-from tunelab.infer.settings import (
-    GenerationSettings,
-    cut_at_stops,
-    generate_kwargs,
-    held_back,
-    model_eos_ids,
-    seeded,
-    until_end,
 )
 from tunelab.models.adapters import is_prompt_learning, unwrap
 

@@ -15,12 +15,12 @@ from tunelab.data.prompts import IGNORE_INDEX, PromptRenderer, apply_template_se
 from tunelab.data.readers import Record
 from tunelab.data.tokenize import EncodedSplit, SplitBuilder
 from tunelab.evaluate.metrics import TEXT_METRICS, compute_custom_metric, compute_perplexity
-from tunelab.infer.generate import generate_batched
+from tunelab.generation.generate import generate_batched
 from tunelab.models.adapters import is_prompt_learning, unwrap
 from tunelab.models.attention import varlen_attention
+from tunelab.models.fused_loss import chunked_cross_entropy, chunked_token_losses, plain_head
 from tunelab.problems import PROBLEMS
 from tunelab.problems.base import EvalResult
-from tunelab.training.fused_loss import chunked_cross_entropy, chunked_token_losses, plain_head
 
 
 def score_answers(

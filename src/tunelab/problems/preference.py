@@ -18,12 +18,12 @@ from tunelab.data.collate import pad_pairs
 from tunelab.data.prompts import IGNORE_INDEX
 from tunelab.data.readers import Record
 from tunelab.data.tokenize import EncodedSplit, SplitBuilder
+from tunelab.models.fused_loss import token_cross_entropy
 from tunelab.problems import PROBLEMS
 from tunelab.problems.base import EvalResult
 from tunelab.problems.causal_lm import CausalLMProblem
 from tunelab.problems.pairs import add_pair, pair_rows, pairwise_accuracy, render_answer_only
 from tunelab.problems.reference import ReferenceModel
-from tunelab.training.fused_loss import token_cross_entropy
 
 REFERENCE_FREE = ("simpo", "orpo")
 

@@ -31,13 +31,13 @@ from tunelab.data.prompts import IGNORE_INDEX
 from tunelab.data.readers import Record
 from tunelab.data.tokenize import EncodedSplit, SplitBuilder
 from tunelab.errors import ConfigError
-from tunelab.infer.generate import generate_batched, generation_kwargs
+from tunelab.generation.generate import generate_batched, generation_kwargs
+from tunelab.models.fused_loss import token_cross_entropy
 from tunelab.problems import PROBLEMS
 from tunelab.problems.base import EvalResult
 from tunelab.problems.causal_lm import CausalLMProblem, _head_fast_path
 from tunelab.problems.pairs import last_user_turn
 from tunelab.problems.reference import ReferenceModel
-from tunelab.training.fused_loss import token_cross_entropy
 
 
 class Rewarder:

@@ -18,7 +18,7 @@ from transformers import LogitsProcessor
 from tunelab.errors import ConfigError
 
 if TYPE_CHECKING:
-    from tunelab.infer.settings import GenerationSettings
+    from tunelab.generation.settings import GenerationSettings
 
 MAX_COMPILERS = 4  # grammar compilers kept, one per (tokenizer, vocabulary size): building one reads the vocabulary
 
@@ -167,7 +167,7 @@ def build_logits_processors(
     Raises:
         ConfigError: for an unknown token id or a JSON schema xgrammar cannot use.
     """
-    from tunelab.infer.settings import model_eos_ids
+    from tunelab.generation.settings import model_eos_ids
 
     processors: list[LogitsProcessor] = []
     if settings.presence_penalty or settings.frequency_penalty or settings.logit_bias:

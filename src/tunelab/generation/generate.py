@@ -9,7 +9,7 @@ import torch
 
 from tunelab.config import PredictionConfig
 from tunelab.data.collate import pad_left
-from tunelab.infer.settings import (  # noqa: F401 (cut_at_stops: imported from here too)
+from tunelab.generation.settings import (  # noqa: F401 (cut_at_stops: imported from here too)
     GenerationSettings,
     answer_text,
     cut_at_stops,

@@ -211,7 +211,7 @@ def generate_kwargs(
         # Greedy decoding: say so explicitly so a model's sampling defaults don't apply.
         kwargs.update(temperature=None, top_p=None, top_k=None, min_p=None)
     if prompt_length is not None:
-        from tunelab.infer.constrain import build_logits_processors
+        from tunelab.generation.constrain import build_logits_processors
 
         processors = build_logits_processors(settings, tokenizer, model, prompt_length)
         if processors:
