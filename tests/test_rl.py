@@ -139,3 +139,29 @@ def test_rl_reward_rises_and_statistics_are_logged(tiny_llama, qa_jsonl, tmp_pat
     assert result.metrics["after"]["reward"] > result.metrics["before"]["reward"]
     report = (result.run_dir / "report.html").read_text(encoding="utf-8")
     assert 'alt="reward (higher is better)"' in report
+
+
+def test_rl_from_a_finished_run_scored_by_a_reward_run(tiny_llama, qa_jsonl, tmp_path):
+    """llm_backbone names a finished SFT run (merged once by models/, which loads its weights without infer/) and
+    rl.reward_model a reward run (loaded by the run loader the training setup hands the problem)."""
+    from conftest import causal_config
+    from test_preference import pair_config
+
+    from tunelab.training.loop import train
+
+    sft = train(load_config(base=causal_config(tiny_llama, qa_jsonl, tmp_path / "sft", training={"max_steps": 2})))
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"Q{i}?", "chosen": f"{i} {i} {i}", "rejected": "no"} for i in range(16)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    reward = train(pair_config(tiny_llama, pairs, tmp_path / "reward", "reward", training={"max_steps": 2}))
+    cfg = rl_config(
+        sft.run_dir,
+        qa_jsonl,
+        tmp_path / "rl",
+        "unused",
+        rl={"reward_function": "", "reward_model": str(reward.run_dir)},
+        training={"max_steps": 2},
+    )
+    result = train(cfg)
+    assert np.isfinite(result.metrics["after"]["reward"])
+    assert json.loads((result.run_dir / "run.json").read_text())["status"] == "finished"

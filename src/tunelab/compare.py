@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunelab.training.fingerprint import _flatten
+from tunelab.config import flatten_fields
 
 
 def config_differences(configs: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """The config fields whose values differ between runs (dotted name -> one value per run)."""
-    flat = [_flatten(c) for c in configs]
+    flat = [flatten_fields(c) for c in configs]
     keys = sorted(set().union(*flat))
     return {k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k)) for f in flat}) > 1}
 

@@ -1178,6 +1178,17 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def flatten_fields(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as one level of dotted field names: ``{"training.learning_rate": 1e-4, ...}``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten_fields(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """Apply ``section.field=value`` strings to plain config data (values parsed as YAML scalars/lists)."""
     for item in overrides or []:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,33 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_dir(target: str | Path, replace: bool = True) -> Iterator[Path]:
+    """Yield a private, empty folder next to ``target``; when the block succeeds it becomes ``target`` in one rename.
+
+    A crash or an error inside the block leaves the old ``target`` (or nothing), never a half-written folder.
+
+    Args:
+        target: the folder to create.
+        replace: True: an existing ``target`` is replaced. False (a cache entry): when another process puts ``target``
+            in place first, it stays and this folder is dropped.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield work
+        if replace and target.exists():
+            shutil.rmtree(target)
+        try:
+            os.rename(work, target)
+        except OSError:
+            if replace or not target.exists():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

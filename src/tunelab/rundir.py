@@ -167,31 +167,6 @@ class RunDirectory:
     def save_predictions(self, rows: list[dict[str, Any]], name: str = "validation_predictions.csv") -> Path:
         return write_rows(self.path / name, rows)
 
-    def save_model(self, model: Any, tokenizer: Any, adapter: str) -> Path:
-        """Save the trained weights and tokenizer; each folder appears whole or not at all.
-
-        The weights' folder carries the tokenizer too, and a peft adapter names its base model by hub id, so the folder
-        loads on its own (``AutoPeftModelForCausalLM.from_pretrained(adapter)``).
-        """
-        from tunelab.models.adapters import PEFT_METHODS, model_dir_name, point_adapter_at_base, save_trained
-
-        target = self.path / model_dir_name(adapter)
-        staging = self.path / f".{target.name}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        save_trained(model, staging, adapter)
-        # Portable weights: the tokenizer (chat template included) beside them, a peft adapter's base named by hub id.
-        tokenizer.save_pretrained(staging)
-        if adapter in PEFT_METHODS:
-            point_adapter_at_base(staging, self.config().llm_backbone)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-        tok_staging = self.path / ".tokenizer.partial"
-        shutil.rmtree(tok_staging, ignore_errors=True)
-        tokenizer.save_pretrained(tok_staging)
-        shutil.rmtree(self.tokenizer_dir, ignore_errors=True)
-        tok_staging.rename(self.tokenizer_dir)
-        return target
-
 
 def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     """Write rows as CSV (or JSON lines for a .jsonl/.json path), atomically."""

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,7 +24,7 @@ from tunelab.data.readers import Record, expand_sources, iter_records
 from tunelab.data.split import sample_indices, split_indices
 from tunelab.data.tokenize import EncodedSplit, SplitBuilder
 from tunelab.errors import DataError
-from tunelab.io import user_cache_dir
+from tunelab.io import atomic_dir, user_cache_dir
 
 CACHE_VERSION = "1"
 
@@ -294,7 +291,8 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def cache_key(cfg: RunConfig, tokenizer: Any) -> str | None:
     """The cache key of a config's tokenised data, or None when the data can't be fingerprinted."""
-    from tunelab import __version__
+    # The installed version, not tunelab.__version__: the package root imports the API, which sits above data.
+    from importlib.metadata import version
 
     ds = cfg.dataset
     digests = [_sources_digest(s) for s in (ds.train_dataframe, ds.validation_dataframe, ds.test_dataframe)]
@@ -302,7 +300,7 @@ def cache_key(cfg: RunConfig, tokenizer: Any) -> str | None:
         return None
     material = {
         "v": CACHE_VERSION,
-        "tunelab": __version__,
+        "tunelab": version("tunelab"),
         "problem": cfg.problem_type,
         "data": digests,
         "dataset": ds.model_dump(mode="json"),
@@ -322,9 +320,7 @@ def save_cached(key: str, splits: DataSplits) -> None:
     target = cache_dir(key)
     if target.exists():
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
-    try:
+    with atomic_dir(target, replace=False) as work:  # another run caching the same data first wins
         splits.train.save(work / "train.npz")
         splits.validation.save(work / "validation.npz")
         if splits.test is not None:
@@ -333,12 +329,6 @@ def save_cached(key: str, splits: DataSplits) -> None:
             json.dumps({"validation": splits.validation_examples, "test": splits.test_examples}), encoding="utf-8"
         )
         (work / "info.json").write_text(json.dumps(splits.info), encoding="utf-8")
-        try:
-            os.rename(work, target)
-        except OSError:
-            pass  # another run cached the same data first
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def load_cached(key: str, problem: Any) -> DataSplits | None:

@@ -49,7 +49,7 @@ def load_run(
         # A run saved without a template rendered plain text; one with a template (its own or the plain fallback)
         # rendered with it. Either way the saved tokenizer decides, not today's defaults.
         cfg.dataset.use_chat_template = bool(getattr(tokenizer, "chat_template", None))
-    problem = build_problem(cfg, tokenizer)
+    problem = build_run_problem(cfg, tokenizer)
     problem.load(run.path)
     method = cfg.training.adapter
     model_dir = run.model_dir
@@ -67,6 +67,16 @@ def load_run(
         model.to(device)  # quantised weights were placed on their device when loaded
     model.eval()
     return LoadedRun(run, cfg, tokenizer, problem, model)
+
+
+def build_run_problem(cfg: RunConfig, tokenizer: Any) -> Any:
+    """``build_problem``, given the loader of other runs a problem may read (RL's reward run, ``rl.reward_model``).
+
+    Problems sit below this module in the import layers, so they get ``load_run`` passed in instead of importing it.
+    """
+    problem = build_problem(cfg, tokenizer)
+    problem.load_run = load_run
+    return problem
 
 
 def load_base(cfg: RunConfig, device: str | None = None) -> LoadedRun:

@@ -23,8 +23,9 @@ import torch
 
 from tunelab.config import CAUSAL_LM_PROBLEMS, RunConfig
 from tunelab.errors import ConfigError
-from tunelab.io import write_json_atomic
+from tunelab.io import atomic_dir, write_json_atomic
 from tunelab.models.heads import backbone_linear_names, classification_head, head_parameter_names
+from tunelab.rundir import RunDirectory
 
 PEFT_METHODS = ("lora", "ia3", "prefix_tuning", "prompt_tuning", "ln_tuning")
 PARTIAL_METHODS = ("bitfit", "freeze", "head_only")
@@ -268,6 +269,27 @@ def save_trained(model: Any, run_model_dir: Path, method: str) -> None:
     else:
         state = {name: t.contiguous() for name, t in trainable_state(model).items()}
         save_file(state, str(run_model_dir / "trained_weights.safetensors"))
+
+
+def save_to_run(run: RunDirectory, model: Any, tokenizer: Any, method: str) -> Path:
+    """Save the trained weights and the tokenizer into the run directory; each folder appears whole or not at all.
+
+    The weights' folder carries the tokenizer too, and a peft adapter names its base model by hub id, so the folder
+    loads on its own (``AutoPeftModelForCausalLM.from_pretrained(adapter)``).
+
+    Returns:
+        The weights' folder (``adapter/``, ``model/`` or ``partial/``).
+    """
+    target = run.path / model_dir_name(method)
+    with atomic_dir(target) as staging:
+        save_trained(model, staging, method)
+        # Portable weights: the tokenizer (chat template included) beside them, a peft adapter's base named by hub id.
+        tokenizer.save_pretrained(staging)
+        if method in PEFT_METHODS:
+            point_adapter_at_base(staging, run.config().llm_backbone)
+    with atomic_dir(run.tokenizer_dir) as staging:
+        tokenizer.save_pretrained(staging)
+    return target
 
 
 def point_adapter_at_base(adapter_dir: Path, backbone: str) -> None:

@@ -7,15 +7,13 @@ import importlib.util
 import logging
 import os
 import re
-import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunelab.errors import ModelError
-from tunelab.io import user_cache_dir
+from tunelab.io import atomic_dir, user_cache_dir
 
 log = logging.getLogger("tunelab")
 
@@ -350,8 +348,9 @@ def merged_run_backbone(run_dir: Path) -> Path:
     Raises:
         ModelError: for a run that is not finished, not a causal LM, or adds soft tokens (no weights to merge into).
     """
+    from transformers import AutoModelForCausalLM
+
     from tunelab.config import CAUSAL_LM_PROBLEMS
-    from tunelab.infer.model import load_run
     from tunelab.models.adapters import is_peft_model, is_prompt_learning
     from tunelab.rundir import RunDirectory
 
@@ -370,23 +369,46 @@ def merged_run_backbone(run_dir: Path) -> Path:
     target = user_cache_dir() / "models" / f"run-{run_dir.name}-{digest}"
     if (target / "config.json").is_file():
         return target
-    loaded = load_run(run_dir, device="cpu", full_precision=True)
-    if is_prompt_learning(loaded.model):
+    tokenizer = load_tokenizer(str(run.tokenizer_dir))
+    model = load_run_weights(run, AutoModelForCausalLM, full_precision=True, pad_token_id=tokenizer.pad_token_id)
+    if is_prompt_learning(model):
         raise ModelError(f"a {cfg.training.adapter} run adds soft tokens and cannot be merged into weights", **where)
     log.info("merging %s into its base weights once; cached in %s", run_dir, target)
-    merged = loaded.model.merge_and_unload() if is_peft_model(loaded.model) else loaded.model
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    merged = model.merge_and_unload() if is_peft_model(model) else model
+    with atomic_dir(target, replace=False) as work:  # another process merging the same run first wins
         merged.float().save_pretrained(work)
-        loaded.tokenizer.save_pretrained(work)
-        try:
-            os.rename(work, target)
-        except OSError:
-            pass  # another process merged the same run first
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        tokenizer.save_pretrained(work)
     return target
+
+
+def load_run_weights(
+    run: Any, auto_class: Any, full_precision: bool = False, pad_token_id: int | None = None, **model_kwargs: Any
+) -> Any:
+    """The trained model of a run directory: its backbone with what training saved (adapter, model or tensors).
+
+    Weights only, on the CPU (or where quantisation put them): loading a run with its problem, tokenizer and device
+    is ``tunelab.infer.model.load_run``.
+
+    Args:
+        run: the ``RunDirectory``.
+        auto_class: the transformers auto class of the run's head.
+        full_precision: load a quantised run's backbone unquantised (for merging: never merge into 4-bit weights).
+        pad_token_id: set on the backbone's config when it has none.
+        model_kwargs: extra config values for the backbone (e.g. the number of labels).
+    """
+    from tunelab.models.adapters import load_trained
+
+    cfg = run.config()
+    method = cfg.training.adapter
+    model_dir = run.model_dir
+    assert model_dir is not None
+    source = str(model_dir) if method == "none" else resolve_backbone(cfg.llm_backbone)
+    arch = cfg.architecture
+    quantization = None if full_precision else quantization_config(arch)
+    base = load_backbone(source, auto_class, dtype=matmul_dtype(arch), quantization=quantization, **model_kwargs)
+    if getattr(base.config, "pad_token_id", None) is None:
+        base.config.pad_token_id = pad_token_id
+    return load_trained(base, model_dir, method)
 
 
 def convert_gguf(path: Path, cache_name: str | None = None) -> Path:
@@ -402,27 +424,21 @@ def convert_gguf(path: Path, cache_name: str | None = None) -> Path:
     target = user_cache_dir() / "models" / cache_name
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     log.info("converting %s to safetensors once (about 20 s); cached in %s", path.name, target)
-    work = Path(tempfile.mkdtemp(prefix=f".{cache_name}.", dir=target.parent))
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
-        # The weights are now plain float tensors; drop the GGUF marker so they save as ordinary safetensors.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.config._name_or_path = cache_name
-        model.save_pretrained(work)
-        tokenizer.save_pretrained(work)
-        try:
-            os.rename(work, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
+        with atomic_dir(target, replace=False) as work:  # a concurrent conversion finishing first wins
+            with quiet_transformers():
+                tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+                model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+            # The weights are now plain float tensors; drop the GGUF marker so they save as ordinary safetensors.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.config._name_or_path = cache_name
+            model.save_pretrained(work)
+            tokenizer.save_pretrained(work)
     except ModelError:
         raise
     except Exception as exc:  # a broken or unsupported GGUF file
@@ -431,8 +447,6 @@ def convert_gguf(path: Path, cache_name: str | None = None) -> Path:
             file=str(path),
             field="llm_backbone",
         ) from exc
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return target
 
 

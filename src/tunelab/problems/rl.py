@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -43,7 +44,7 @@ from tunelab.problems.reference import ReferenceModel
 class Rewarder:
     """Scores completions with the configured reward function and/or reward run (their sum when both are set)."""
 
-    def __init__(self, cfg: Any, device: torch.device):
+    def __init__(self, cfg: Any, device: torch.device, load_run: Callable[..., Any] | None = None):
         from tunelab.evaluate.metrics import load_metric_function
 
         rl = cfg.rl
@@ -51,8 +52,8 @@ class Rewarder:
         self.function = load_metric_function(rl.reward_function, "rl.reward_function") if rl.reward_function else None
         self.model = None
         if rl.reward_model:
-            from tunelab.infer.model import load_run
-
+            if load_run is None:
+                raise ConfigError("rl.reward_model cannot be loaded here (no run loader)", field="rl.reward_model")
             self.model = load_run(rl.reward_model, device=str(device))
             if self.model.cfg.problem_type != "reward":
                 raise ConfigError(
@@ -140,6 +141,9 @@ class RLProblem(ReferenceModel, CausalLMProblem):
     name: ClassVar[str] = "rl"
     stratify = False
     loss_growth_guard = False  # a policy-gradient surrogate hovers around 0: its growth means nothing
+    # Loads the reward run (rl.reward_model). Problems sit below the module that loads runs, so whoever builds the
+    # problem gives it: tunelab.infer.model.build_run_problem.
+    load_run: Callable[..., Any] | None = None
 
     def __init__(self, cfg: Any, tokenizer: Any):
         super().__init__(cfg, tokenizer)
@@ -178,7 +182,7 @@ class RLProblem(ReferenceModel, CausalLMProblem):
     def attach(self, model: Any, data: Any) -> None:
         """Load the reward, remember the training prompts and, for ppo, give the policy a value head."""
         device = next(model.parameters()).device
-        self.rewarder = Rewarder(self.cfg, device)
+        self.rewarder = Rewarder(self.cfg, device, self.load_run)
         self.train_split = data.train
         if self.cfg.rl.algorithm == "ppo" and self.value_head is None:
             hidden = model.get_input_embeddings().weight.shape[1]
@@ -376,7 +380,7 @@ class RLProblem(ReferenceModel, CausalLMProblem):
             model, self.tokenizer, [split.ids(i) for i in range(len(split))], prediction, self.inference_batch_size()
         )
         if self.rewarder is None:
-            self.rewarder = Rewarder(self.cfg, next(model.parameters()).device)
+            self.rewarder = Rewarder(self.cfg, next(model.parameters()).device, self.load_run)
         lengths = [len(self.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
         finished = [n < self.cfg.rl.max_new_tokens for n in lengths]
         rewards = self.rewarder(prompts, answers, references, finished)

@@ -18,7 +18,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from tunelab.errors import RunDirError
+from tunelab.io import atomic_dir
 from tunelab.models.adapters import trainable_state
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -100,8 +100,7 @@ def save_checkpoint(
     root = checkpoint_root(run_path)
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{step:06d}"
-    work = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}.", dir=root))
-    try:
+    with atomic_dir(target) as work:
         weights = {k: v.contiguous() for k, v in trainable_state(model).items()}
         save_file(weights, str(work / "weights.safetensors"))
         torch.save(optimizer.state_dict(), work / "optimizer.pt")
@@ -114,12 +113,7 @@ def save_checkpoint(
         for f in work.iterdir():  # on disk before the rename makes the checkpoint visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if target.exists():
-            shutil.rmtree(target)
-        os.rename(work, target)
-        _fsync_dir(root)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    _fsync_dir(root)
     remove_stale(run_path)
     if keep > 0:
         old = list_checkpoints(run_path)[:-keep]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunelab.config import RunConfig
+from tunelab.config import RunConfig, flatten_fields
 from tunelab.data.pipeline import file_digest
 from tunelab.data.readers import expand_sources
 from tunelab.errors import RunDirError
@@ -43,20 +43,10 @@ def fingerprints(cfg: RunConfig) -> dict[str, Any]:
     return {"config": cfg.to_dict(), "data": digests, "data_sizes": data_sizes(list(digests))}
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def describe_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Human-readable differences between two fingerprints."""
     changes = []
-    old, new = _flatten(saved["config"]), _flatten(current["config"])
+    old, new = flatten_fields(saved["config"]), flatten_fields(current["config"])
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             changes.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")

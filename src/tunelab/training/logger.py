@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tunelab.config import flatten_fields
 from tunelab.io import append_jsonl, write_text_atomic
 from tunelab.rundir import RunDirectory
 from tunelab.training.state import TrainState
@@ -123,21 +124,11 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def mlflow_params(config: dict[str, Any]) -> dict[str, str]:
     """The config as MLflow params: flattened (``training.learning_rate``), keys of MLflow's characters and at most
     250 characters, values as text of at most 6,000 characters (cut ones end in "...")."""
     out = {}
-    for key, value in _flat(config).items():
+    for key, value in flatten_fields(config).items():
         key = re.sub(r"[^\w\-. /]", "_", key)[:250]
         text = value if isinstance(value, str) else json.dumps(value, default=str)
         out[key] = text if len(text) <= 6000 else text[:5997] + "..."

@@ -16,6 +16,7 @@ import torch
 from tunelab.config import RunConfig
 from tunelab.interrupts import StopOnSignal, StopSignal
 from tunelab.io import write_json_atomic
+from tunelab.models.adapters import save_to_run
 from tunelab.rundir import RunDirectory
 from tunelab.runs import RunRegistry, config_hash
 from tunelab.training.checkpoint import (
@@ -330,7 +331,7 @@ def _register(registry: RunRegistry, run: RunDirectory, cfg: RunConfig, info: di
 def _save_results(
     s: TrainSetup, run: RunDirectory, evaluator: Evaluator, metrics: dict[str, Any], console: Any
 ) -> None:
-    run.save_model(s.model, s.tokenizer, s.cfg.training.adapter)
+    save_to_run(run, s.model, s.tokenizer, s.cfg.training.adapter)
     s.problem.save(run.path)
     run.save_metrics(metrics)
     run.save_predictions(evaluator.prediction_rows())

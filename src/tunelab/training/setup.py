@@ -16,6 +16,7 @@ from tunelab.data.collate import TrainBatches
 from tunelab.data.inspect import DataReport, batching_mode, compute_report, enforce, print_report
 from tunelab.data.pipeline import DataSplits, build_splits, source_name
 from tunelab.data.tokenize import EncodedSplit
+from tunelab.infer.model import build_run_problem
 from tunelab.models.adapters import ParameterCount, apply_adapter, count_parameters
 from tunelab.models.load import (
     check_dtype_for_device,
@@ -25,7 +26,6 @@ from tunelab.models.load import (
     resolve_backbone,
 )
 from tunelab.plan import build_plan, choose_batch, longest_batch, micro_batch_shape, trained_tokens_per_row
-from tunelab.problems import build_problem
 from tunelab.training.memory import install_memory_release
 from tunelab.training.optim import build_optimizer
 from tunelab.training.schedule import build_scheduler, compute_warmup_steps
@@ -186,7 +186,7 @@ def prepare_data(
     check_dtype_for_device(cfg.architecture)  # before any data work: the run would crawl
     source = resolve_backbone(cfg.llm_backbone)
     tokenizer = load_tokenizer(source)
-    problem = build_problem(cfg, tokenizer)
+    problem = build_run_problem(cfg, tokenizer)  # a problem may read other runs (RL's reward run)
     data = build_splits(cfg, problem)
     report = compute_report(
         data.train, cfg, source_name(cfg.dataset.train_dataframe), data.info["format"], data.info.get("deduplicated", 0)
