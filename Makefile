@@ -27,7 +27,9 @@ setup: $(VENV)/.installed
 quickstart: setup
 	$(BIN)/tunelab train --force
 
+# lint-imports checks the import layers of pyproject.toml ([tool.importlinter]) before the tests run.
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The studio's browser tests drive Debian's Chromium (never a downloaded browser build); install it when missing.

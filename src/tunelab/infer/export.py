@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import torch
 from tunelab.config import CAUSAL_LM_PROBLEMS
 from tunelab.errors import TunelabError
 from tunelab.interrupts import StopOnSignal, StopSignal
-from tunelab.io import write_json_atomic, write_text_atomic
+from tunelab.io import atomic_dir, write_json_atomic, write_text_atomic
 from tunelab.models.adapters import is_peft_model, is_prompt_learning, point_adapter_at_base
 from tunelab.models.load import base_model_reference
 from tunelab.rundir import RunDirectory
@@ -188,17 +187,10 @@ def _export_run(
     loaded.model.float()
     examples = parity_examples(loaded)
     reference = model_outputs(loaded.model, loaded, examples)
-    staging = Path(tempfile.mkdtemp(prefix=".export.", dir=target.parent if target.parent.exists() else None))
-    try:
+    with atomic_dir(target) as staging:
         parity = _write(fmt, loaded, staging, dtype, quant, examples, reference)
         write_json_atomic(staging / "parity.json", parity)
         write_text_atomic(staging / "README.md", model_card(run, loaded, fmt, parity, dtype, quant))
-        if target.exists():
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staging), target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target, parity
 
 
