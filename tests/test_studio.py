@@ -24,6 +24,7 @@ from starlette.routing import Mount
 from test_cli import TUNELAB, assert_one_line_error
 
 from tunelab.config import SECTIONS, RunConfig
+from tunelab.problem_spec import problem_types
 from tunelab.ui import StudioSettings, create_app
 from tunelab.ui.auth import LoginThrottle
 from tunelab.ui.processes import tunelab_process_alive
@@ -258,7 +259,8 @@ def test_the_form_has_every_field_with_its_help_and_the_schema_choices(tmp_path)
     for section, model in SECTIONS.items():
         for name, field in model.model_fields.items():
             assert fields[f"{section}.{name}"]["description"] == field.description
-    assert schema["problem_types"] == list(typing.get_args(RunConfig.model_fields["problem_type"].annotation))
+    assert schema["problem_types"] == problem_types()  # the registry (problem_type is a str checked against it)
+    assert fields["problem_type"]["kind"] == "choice" and fields["problem_type"]["choices"] == problem_types()
     assert fields["training.adapter"]["kind"] == "choice" and "lora" in fields["training.adapter"]["choices"]
     assert {b["name"] for b in schema["backbones"]} == {"smollm2-135m-instruct", "all-minilm-l6-v2"}
     defaults = client.get("/api/defaults", params={"problem_type": "classification"}).json()["values"]

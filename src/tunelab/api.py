@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import CAUSAL_LM_PROBLEMS, RunConfig, load_config
+from tunelab.config import RunConfig, load_config
 from tunelab.errors import DataError, TunelabError
 from tunelab.io import write_json_atomic
 from tunelab.rundir import write_rows
@@ -100,7 +100,7 @@ def predict_file(
     loaded = load_run(run_dir, overrides=overrides)
     records, examples = read_prompts(str(input_file), loaded.cfg)
     outputs: list[dict[str, Any]] = []
-    chunk = PREDICT_CHUNK if loaded.cfg.problem_type in CAUSAL_LM_PROBLEMS else 16 * PREDICT_CHUNK
+    chunk = PREDICT_CHUNK if loaded.cfg.spec.generative else 16 * PREDICT_CHUNK
     for start in range(0, len(examples), chunk):
         # Whole chunks, each batched and sorted by length inside: bounded memory and a progress bar that moves.
         outputs.extend(loaded.problem.predict(loaded.model, examples[start : start + chunk]))

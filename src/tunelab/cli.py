@@ -341,10 +341,9 @@ def config_init(
     from tunelab.config import commented_yaml, load_config
     from tunelab.io import write_text_atomic
 
-    base: dict[str, Any] = {"problem_type": problem_type}
-    if problem_type in ("classification", "regression"):
-        base.update(llm_backbone="all-minilm-l6-v2", dataset={"prompt_column": ["text"], "label_column": "label"})
-    cfg = load_config(base=base)
+    from tunelab.problem_spec import starter_config
+
+    cfg = load_config(base=starter_config(problem_type))
     text = commented_yaml(cfg)
     if output is None:
         sys.stdout.write(text)

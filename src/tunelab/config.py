@@ -16,42 +16,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import ConfigError
+from tunelab.problem_spec import LowerIsBetter, ProblemSpec, all_specs, problem_types, spec_of
 
-PROBLEM_TYPES = ("causal_lm", "classification")
-# The metrics each problem type can compute; the first is the default ``prediction.metric``.
-PROBLEM_METRICS: dict[str, tuple[str, ...]] = {
-    "causal_lm": ("BLEU", "Perplexity", "chrF", "ROUGE_L", "Exact_Match", "judge"),
-    "classification": ("Accuracy", "F1", "F1_Micro", "AUC", "MCC"),
-    "regression": ("MAE", "RMSE", "R2"),
-    "reward": ("Pairwise_Accuracy", "Mean_Margin"),
-    "dpo": ("Reward_Accuracy", "Reward_Margin", "Chosen_Logps", "Rejected_Logps"),
-    "rl": ("Reward", "Response_Length"),
-}
-PROBLEM_LOSSES: dict[str, tuple[str, ...]] = {
-    "causal_lm": ("CrossEntropy",),
-    "classification": ("CrossEntropy",),
-    "regression": ("MSE", "L1", "Huber"),
-    "reward": ("BradleyTerry",),
-    "dpo": ("Preference",),  # which one: training.preference_loss
-    "rl": ("ClippedPolicy",),  # GRPO or PPO: rl.algorithm
-}
-# The kinds of canonical example (see data/shapes.py) each problem type trains on.
-PROBLEM_DATA_KINDS: dict[str, tuple[str, ...]] = {
-    "causal_lm": ("conversation", "text", "segments", "pair"),
-    "classification": ("labelled",),
-    "regression": ("labelled",),
-    "reward": ("pair",),
-    "dpo": ("pair",),
-    "rl": ("prompt", "conversation", "pair", "stepwise"),
-}
-# Problem types whose model is a causal LM with its language-model head (adapters, heads, chat, export, serve).
-CAUSAL_LM_PROBLEMS = ("causal_lm", "dpo", "rl")
-# Problem types trained on preference pairs (two sequences per row).
-PAIRWISE_PROBLEMS = ("reward", "dpo")
 # Backbone model types that are encoders: no language-model head, so they cannot be preference-tuned.
 ENCODER_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra", "mpnet")
 # Metrics where a lower value is better; everything else is maximised.
-LOWER_IS_BETTER = {"Perplexity", "perplexity", "loss", "MAE", "mae", "RMSE", "rmse", "kl", "value_loss"}
+# (The loss, and each problem type's ``ProblemSpec.lower_is_better``: ``metric in LOWER_IS_BETTER`` reads them.)
+LOWER_IS_BETTER = LowerIsBetter()
 # A user metric: an importable "module:function" (or "path/to/file.py:function").
 CUSTOM_METRIC = re.compile(r"^[\w./\\-]+:[A-Za-z_]\w*$")
 
@@ -724,12 +695,13 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
-    problem_type: Literal["causal_lm", "classification", "regression", "reward", "dpo", "rl"] = Field(
+    problem_type: str = Field(
         "causal_lm",
-        description="What is trained: 'causal_lm' (instruction/chat SFT), 'classification' or 'regression' "
+        description="What is trained, e.g. 'causal_lm' (instruction/chat SFT), 'classification' or 'regression' "
         "(one number per text, from label_column), 'reward' (a reward model scoring answers, trained on preference "
         "pairs), 'dpo' (preference tuning of a causal LM on pairs: DPO, IPO, hinge, SimPO, ORPO) or 'rl' (online RL: "
-        "sampled completions scored by a reward function or model, GRPO or PPO; see the rl section).",
+        "sampled completions scored by a reward function or model, GRPO or PPO; see the rl section). "
+        "docs/problem-types.md describes every registered type.",
     )
     experiment_name: str = Field(
         "tunelab-run", min_length=1, description="Name of the run; its directory is output_directory/experiment_name."
@@ -767,6 +739,20 @@ class RunConfig(BaseModel):
         default_factory=EnvironmentConfig, description="Precision, data-loading workers and the random seed."
     )
 
+    @field_validator("problem_type")
+    @classmethod
+    def _known_problem_type(cls, value: str) -> str:
+        try:
+            spec_of(value)
+        except ConfigError as exc:
+            raise ValueError(f"{exc.what}; {exc.hint}" if exc.hint else exc.what) from None
+        return value
+
+    @property
+    def spec(self) -> ProblemSpec:
+        """What this run's problem type is and offers (``tunelab.problem_spec``)."""
+        return spec_of(self.problem_type)
+
     @field_validator("experiment_name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
@@ -776,11 +762,12 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> RunConfig:
+        spec = self.spec
         if not self.prediction.metric:
-            self.prediction.metric = PROBLEM_METRICS[self.problem_type][0]
+            self.prediction.metric = spec.metrics[0]
         if not self.training.loss_function:
-            self.training.loss_function = PROBLEM_LOSSES[self.problem_type][0]
-        canonical = {m.lower(): m for m in PROBLEM_METRICS[self.problem_type]}
+            self.training.loss_function = spec.losses[0]
+        canonical = {m.lower(): m for m in spec.metrics}
         self.prediction.metric = canonical.get(self.prediction.metric.lower(), self.prediction.metric)
         self.prediction.metrics = [canonical.get(m.lower(), m) for m in self.prediction.metrics]
         problems = self.problems()
@@ -789,9 +776,10 @@ class RunConfig(BaseModel):
         return self
 
     def problems(self) -> list[tuple[str, str]]:
-        """Every cross-field inconsistency as (dotted field path, message)."""
+        """Every cross-field inconsistency as (dotted field path, message): the generic rules, then the problem
+        type's own (``ProblemSpec.rules``)."""
         found = []
-        metrics = PROBLEM_METRICS[self.problem_type]
+        metrics = self.spec.metrics
         for path, name in [("prediction.metric", self.prediction.metric)] + [
             ("prediction.metrics", m) for m in self.prediction.metrics
         ]:
@@ -804,7 +792,7 @@ class RunConfig(BaseModel):
             found.append((path, f"'{name}' is not a {self.problem_type} metric; {hint}"))
         if "judge" in self.all_metrics() and not (self.judge.base_url and self.judge.model):
             found.append(("judge.base_url", "the judge metric needs judge.base_url and judge.model"))
-        losses = PROBLEM_LOSSES[self.problem_type]
+        losses = self.spec.losses
         if self.training.loss_function not in losses:
             found.append(
                 (
@@ -823,20 +811,6 @@ class RunConfig(BaseModel):
                     "dataset.format",
                     "limit_chained_samples and the parent probabilities apply to rows chained by parent_id_column "
                     f"(format 'h2o_multiturn'), not to '{self.dataset.format}'",
-                )
-            )
-        scored = self.problem_type in ("classification", "regression")
-        if scored and not self.dataset.label_column:
-            found.append(("dataset.label_column", f"required for {self.problem_type}"))
-        if scored and self.training.packing:
-            found.append(
-                ("training.packing", f"packing is for causal LM training; turn it off for {self.problem_type}")
-            )
-        if scored and self.dataset.format not in ("auto", "columns", "classification"):
-            found.append(
-                (
-                    "dataset.format",
-                    f"{self.problem_type} reads text and label columns: use 'auto' or 'classification'",
                 )
             )
         if self.training.metric_for_best and self.training.metric_for_best.lower() not in self.metric_names():
@@ -863,12 +837,6 @@ class RunConfig(BaseModel):
                     f"{self.training.adapter} adds soft tokens to every sequence and cannot be combined with packing",
                 )
             )
-        if self.training.adapter == "freeze" and not (
-            self.training.trainable_layers or self.training.trainable_patterns or self.problem_type != "causal_lm"
-        ):
-            found.append(
-                ("training.trainable_layers", "freeze trains nothing: set trainable_layers or trainable_patterns")
-            )
         warmups = [name for name in ("warmup_epochs", "warmup_steps", "warmup_ratio") if getattr(self.training, name)]
         if len(warmups) > 1:
             found.append(
@@ -879,56 +847,7 @@ class RunConfig(BaseModel):
             )
         if (self.training.use_dora or self.training.use_rslora) and self.training.adapter != "lora":
             found.append(("training.use_dora", "use_dora and use_rslora are LoRA options (training.adapter: lora)"))
-        if self.problem_type == "causal_lm" and not self.dataset.answer_column:
-            found.append(("dataset.answer_column", "required for causal_lm"))
-        return found + self._pairwise_problems() + self._rl_problems()
-
-    def _pairwise_problems(self) -> list[tuple[str, str]]:
-        """The rules of the problem types trained on preference pairs (reward, dpo)."""
-        if self.problem_type not in PAIRWISE_PROBLEMS:
-            return []
-        found, t, kind = [], self.training, self.problem_type
-        if t.packing:
-            found.append(("training.packing", f"{kind} compares two whole sequences per row and cannot pack them"))
-        if self.dataset.format not in ("auto", "preference"):
-            found.append(("dataset.format", f"{kind} trains on preference pairs: use 'auto' or 'preference'"))
-        custom = [m for m in self.all_metrics() if CUSTOM_METRIC.match(m)]
-        if custom:
-            found.append(("prediction.metric", f"{kind} reports pairwise metrics only, not '{custom[0]}'"))
-        if kind == "dpo" and backbone_model_type(self.llm_backbone) in ENCODER_MODEL_TYPES:
-            found.append(
-                ("llm_backbone", "dpo tunes a causal LM (e.g. smollm2-135m-instruct); this backbone is an encoder")
-            )
-        reference_free = t.preference_loss in ("simpo", "orpo")
-        if kind == "dpo" and t.precompute_reference and reference_free:
-            found.append(
-                (
-                    "training.precompute_reference",
-                    f"{t.preference_loss} uses no reference model, so there is nothing to precompute",
-                )
-            )
-        if kind == "dpo" and t.label_smoothing > 0 and t.preference_loss not in ("sigmoid", "simpo"):
-            found.append(("training.label_smoothing", f"applies to sigmoid and simpo, not {t.preference_loss}"))
-        return found
-
-    def _rl_problems(self) -> list[tuple[str, str]]:
-        """The rules of online RL."""
-        if self.problem_type != "rl":
-            return []
-        found, rl = [], self.rl
-        if not (rl.reward_function or rl.reward_model):
-            found.append(("rl.reward_function", "rl needs a reward: set rl.reward_function and/or rl.reward_model"))
-        if rl.reward_function and not CUSTOM_METRIC.match(rl.reward_function):
-            found.append(("rl.reward_function", f"'{rl.reward_function}' is not 'module:function'"))
-        if rl.algorithm == "grpo" and rl.num_generations < 2:
-            found.append(("rl.num_generations", "grpo compares completions of one prompt: use at least 2"))
-        if self.training.packing:
-            found.append(("training.packing", "rl trains on sampled completions and cannot pack them"))
-        if rl.algorithm == "ppo" and self.training.adapter in ("prefix_tuning", "prompt_tuning"):
-            found.append(("training.adapter", "ppo's value head reads hidden states, which soft prompts hide"))
-        if backbone_model_type(self.llm_backbone) in ENCODER_MODEL_TYPES:
-            found.append(("llm_backbone", "rl tunes a causal LM (e.g. smollm2-135m-instruct); this is an encoder"))
-        return found
+        return found + self.spec.rules(self)
 
     def all_metrics(self) -> list[str]:
         """The configured metrics (``prediction.metric`` first, then ``prediction.metrics``, then the problem type's
@@ -936,15 +855,16 @@ class RunConfig(BaseModel):
         out = [self.prediction.metric] if self.prediction.metric else []
         out += [m for m in self.prediction.metrics if m not in out]
         best = self.training.metric_for_best.lower()
-        named = [m for m in PROBLEM_METRICS[self.problem_type] if m.lower() == best]
+        named = [m for m in self.spec.metrics if m.lower() == best]
         return out + [m for m in named if m.lower() not in {metric_key(o) for o in out}]
 
     def warnings(self) -> list[tuple[str, str]]:
         """Fields set to values that another field turns off, as (dotted field path, message): valid, but ignored."""
         found = []
         aug, ds, t, arch = self.augmentation, self.dataset, self.training, self.architecture
-        if aug.token_mask_probability > 0 and self.problem_type != "causal_lm":
-            found.append(("augmentation.token_mask_probability", f"applies to causal_lm, not {self.problem_type}"))
+        if aug.token_mask_probability > 0 and not self.spec.token_masking:
+            masking = " and ".join(s.name for s in all_specs() if s.token_masking)
+            found.append(("augmentation.token_mask_probability", f"applies to {masking}, not {self.problem_type}"))
         elif aug.token_mask_probability > 0 and not ds.mask_prompt_labels:
             found.append(
                 (
@@ -986,7 +906,7 @@ class RunConfig(BaseModel):
 
     def metric_names(self) -> list[str]:
         """The lower-case metric keys evaluation can report for this run (``loss`` included)."""
-        names = ["loss", *(m.lower() for m in PROBLEM_METRICS[self.problem_type] if m != "judge")]
+        names = ["loss", *(m.lower() for m in self.spec.metrics if m != "judge")]
         return names + [metric_key(m) for m in self.all_metrics() if metric_key(m) not in names]
 
     def best_metric(self) -> str:
@@ -1350,7 +1270,8 @@ def config_reference_markdown() -> str:
             default = field.get_default(call_default_factory=True)
             if isinstance(default, tuple):
                 default = list(default)
-            allowed = _allowed(field)
+            # problem_type is a plain str checked against the problem-type registry: list what is registered.
+            allowed = " \\| ".join(problem_types()) if f"{prefix}{name}" == "problem_type" else _allowed(field)
             desc = (field.description or "").replace("|", "\\|")
             lines.append(f"| `{prefix}{name}` | `{default!r}` | {allowed} | {desc} |")
         lines.append("")

@@ -9,11 +9,7 @@ from typing import Any
 
 from tunelab.config import RunConfig, load_config
 from tunelab.data.shapes import KIND_TITLES, Detection
-
-# The problem type that shows a shape best when the user named none (its own kind, rendered in full).
-SHOWN_AS = {"labelled": "classification", "pair": "dpo", "prompt": "rl", "stepwise": "rl"}
-# rl needs a reward to validate; inspecting renders prompts only, so any reward will do.
-INSPECT_ONLY = {"rl": ["rl.reward_function=tunelab.rewards:length_reward"]}
+from tunelab.problem_spec import all_specs, spec_of
 
 
 def inspect_config(file: str, config: Path | None, overrides: list[str]) -> tuple[RunConfig, Detection, bool]:
@@ -26,10 +22,11 @@ def inspect_config(file: str, config: Path | None, overrides: list[str]) -> tupl
     cfg = load_config(config, overrides) if config else load_config(overrides=overrides)
     detection = detect_source(file, cfg)
     chosen = config is not None or any(o.split("=", 1)[0].strip() == "problem_type" for o in overrides)
-    shown = SHOWN_AS.get(detection.kind) if detection.kind in SHOWN_AS else None
+    # The problem type that shows a shape best when the user named none (its own kind, rendered in full).
+    shown = next((s.name for s in all_specs() if detection.kind in s.shown_kinds), None)
     if not chosen and detection.problem_types() and (unsuitable(detection, cfg) or shown):
         problem = shown or detection.problem_types()[0]
-        extra = [f"problem_type={problem}", *INSPECT_ONLY.get(problem, [])]
+        extra = [f"problem_type={problem}", *spec_of(problem).inspect_overrides]
         cfg = load_config(overrides=[*overrides, *extra])
         detection = detect_source(file, cfg)
     return cfg, detection, unsuitable(detection, cfg) is None

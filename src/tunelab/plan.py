@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from tunelab.config import CAUSAL_LM_PROBLEMS, RunConfig
+from tunelab.config import RunConfig
 from tunelab.io import user_cache_dir, write_json_atomic
 
 GB = 1024**3
@@ -316,7 +316,7 @@ def build_plan(
     activations = sequences * per_sequence
     vocab = getattr(config, "vocab_size", 0)
     per_row = trained_per_row if trained_per_row is not None else seq_len / 2
-    lm = cfg.problem_type in CAUSAL_LM_PROBLEMS
+    lm = cfg.spec.generative
     head_rows = sequences * min(per_row, seq_len) if lm else sequences
     if lm and cfg.training.chunked_loss:
         head_rows = min(head_rows, CHUNK_ROWS)  # the LM head and loss run a chunk of positions at a time
@@ -356,11 +356,7 @@ CHUNK_ROWS = 512  # models.fused_loss.DEFAULT_CHUNK
 
 def sequences_per_row(cfg: RunConfig) -> int:
     """Sequences the model reads per data row: a chosen and a rejected one for pairs, the completions for RL."""
-    if cfg.problem_type in ("reward", "dpo"):
-        return 2
-    if cfg.problem_type == "rl":
-        return cfg.rl.num_generations
-    return 1
+    return cfg.spec.sequences_per_row(cfg)
 
 
 def reference_and_generation(
@@ -377,28 +373,26 @@ def reference_and_generation(
 
     notes: list[str] = []
     reference = generation = 0
-    t = cfg.training
-    uses_reference = (cfg.problem_type == "dpo" and t.preference_loss not in ("simpo", "orpo")) or (
-        cfg.problem_type == "rl" and cfg.rl.kl_coef > 0
-    )
-    if uses_reference:
+    uses_reference = cfg.spec.reference(cfg)
+    if uses_reference != "none":
         if is_peft_model(model):
             notes.append("reference model: the backbone with the adapter switched off (no second copy)")
-        elif cfg.problem_type == "dpo" and t.precompute_reference:
+        elif uses_reference == "precomputed":
             notes.append("reference log-probabilities precomputed before training (the frozen copy is freed)")
         else:
             reference = int(params * dtype_bytes(cfg.architecture.backbone_dtype))
             notes.append("reference model: a frozen copy of the backbone (full or selective fine-tuning)")
-    if cfg.problem_type == "rl":
+    sampling = cfg.spec.sampling(cfg)
+    if sampling is not None:
         from tunelab.generation.generate import kv_bytes_per_token
 
-        rows = batch * cfg.rl.num_generations
+        rows = batch * sampling.completions_per_row
         width = 4 if cfg.architecture.backbone_dtype == "float32" else 2
         per_token = kv_bytes_per_token(model) * width // 4 if _is_meta(model) else kv_bytes_per_token(model)
-        generation = rows * (seq_len + cfg.rl.max_new_tokens) * per_token
+        generation = rows * (seq_len + sampling.max_new_tokens) * per_token
         generation += rows * getattr(model.config, "vocab_size", 0) * 4 * 2  # one step's logits and probabilities
-        if cfg.rl.reward_model:
-            generation += _run_weight_bytes(cfg.rl.reward_model)
+        if sampling.reward_model:
+            generation += _run_weight_bytes(sampling.reward_model)
     return int(reference), int(generation), notes
 
 

@@ -24,7 +24,9 @@ import yaml
 from tunelab.compare import config_differences
 from tunelab.config import LOWER_IS_BETTER, metric_key
 from tunelab.errors import DataError, RunDirError
+from tunelab.evaluate.metrics import confusion_matrix
 from tunelab.io import write_text_atomic
+from tunelab.problem_spec import ProblemSpec, spec_of
 
 PREDICTIONS = "validation_predictions.csv"
 MAX_ROWS = 1000  # beyond this the page gets heavy: keep the largest changes either way
@@ -54,8 +56,8 @@ class RunFiles:
         return str(self.info.get("problem_type") or self.config.get("problem_type") or "causal_lm")
 
     @property
-    def classification(self) -> bool:
-        return self.problem_type == "classification"
+    def spec(self) -> ProblemSpec:
+        return spec_of(self.problem_type)
 
     @property
     def key_metric(self) -> str:
@@ -483,17 +485,7 @@ def _single_rows(run: RunFiles) -> str:
         caption = "Validation rows, sorted by the change in score (improved first); click a header to sort."
     else:
         caption = "No before-evaluation: the base model's answers are missing. Rows in validation order."
-    return _rows_table(run.rows, _columns(run, pair=False), caption + SCORE_NOTES.get(run.problem_type, ""))
-
-
-SCORE_NOTES = {
-    "causal_lm": " Score: the row's score under the metric that picks the best checkpoint, else sentence BLEU.",
-    "regression": " Score: minus the absolute error (0 is perfect).",
-    "reward": " Margin: the reward of the chosen answer minus the rejected one's; score 1 when it is positive.",
-    "dpo": " Margin: the implicit reward (beta x log-ratio to the reference) of the chosen answer minus the rejected "
-    "one's; score 1 when it is positive.",
-    "rl": " Score: the reward of the greedy answer.",
-}
+    return _rows_table(run.rows, _columns(run, pair=False), caption + run.spec.score_note)
 
 
 def _columns(run: RunFiles, pair: bool) -> list[Column]:
@@ -503,7 +495,8 @@ def _columns(run: RunFiles, pair: bool) -> list[Column]:
     score1, score2 = ("score", "score_b") if pair else ("score_before", "score")
     prob1, prob2 = ("p_true", "p_true_b") if pair else ("p_true_before", "p_true")
     rows = run.rows or []
-    if run.problem_type == "classification":
+    layout = run.spec.rows_layout
+    if layout == "labels":
         columns = [
             Column("text", lambda r: r["prompt"]),
             Column("true label", lambda r: r["reference"], "label"),
@@ -513,7 +506,7 @@ def _columns(run: RunFiles, pair: bool) -> list[Column]:
         if any(r[prob1] is not None for r in rows):  # the base model's probabilities are not always saved
             columns.append(Column(f"P(true) {first}", lambda r: r[prob1], "num"))
         columns.append(Column(f"P(true) {second}", lambda r: r[prob2], "num"))
-    elif run.problem_type in ("reward", "dpo"):
+    elif layout == "pairs":
         margin1, margin2 = ("margin", "margin_b") if pair else ("margin_before", "margin")
         columns = [
             Column("prompt", lambda r: r["prompt"]),
@@ -522,7 +515,7 @@ def _columns(run: RunFiles, pair: bool) -> list[Column]:
             Column(f"margin {first}", lambda r: r.get(margin1), "num"),
             Column(f"margin {second}", lambda r: r.get(margin2), "num"),
         ]
-    elif run.problem_type == "regression":
+    elif layout == "numbers":
         columns = [
             Column("text", lambda r: r["prompt"]),
             Column("target", lambda r: r["reference"], "num"),
@@ -537,7 +530,7 @@ def _columns(run: RunFiles, pair: bool) -> list[Column]:
             Column(names[0], lambda r: r[out1]),
             Column(names[1], lambda r: r[out2]),
         ]
-    if run.problem_type != "classification":
+    if layout != "labels":
         columns.append(Column(f"score {first}", lambda r: r[score1], "num"))
         columns.append(Column(f"score {second}", lambda r: r[score2], "num"))
     return [*columns, Column("change", lambda r: r["change"], "change")]
@@ -545,7 +538,7 @@ def _columns(run: RunFiles, pair: bool) -> list[Column]:
 
 def _confusion(run: RunFiles) -> str:
     """Confusion matrices (base model and fine-tuned) when the rows name single true and predicted classes."""
-    if not run.classification or not run.rows or run.info.get("multi_label"):
+    if "confusion_matrix" not in run.spec.report_sections or not run.rows or run.info.get("multi_label"):
         return ""
     classes = [str(c) for c in run.info.get("classes") or []]
     classes = classes or sorted({r["reference"] for r in run.rows} | {r["after"] for r in run.rows})
@@ -557,9 +550,7 @@ def _confusion(run: RunFiles) -> str:
         pairs = [(r["reference"], r[key]) for r in run.rows]
         if any(t not in index or p not in index for t, p in pairs):
             continue
-        counts = [[0] * len(classes) for _ in classes]
-        for truth, guess in pairs:
-            counts[index[truth]][index[guess]] += 1
+        counts = confusion_matrix([index[t] for t, _ in pairs], [index[p] for _, p in pairs], len(classes))
         top = max(max(row) for row in counts) or 1
         head = "".join(f"<th>{_e(c)}</th>" for c in classes)
         body = ""
@@ -750,7 +741,7 @@ def _compare_rows(a: RunFiles, b: RunFiles, rows: list[dict[str, Any]] | None) -
     if not a.has_text:
         return _note("raw-text runs: there is nothing to answer, so only loss and perplexity are compared")
     caption = "Validation rows, sorted by B's score minus A's (B better first); click a header to sort."
-    return _rows_table(rows, _columns(a, pair=True), caption + SCORE_NOTES.get(a.problem_type, ""))
+    return _rows_table(rows, _columns(a, pair=True), caption + a.spec.score_note)
 
 
 def _page(title: str, body: str) -> str:

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.api import evaluate_run
-from tunelab.config import CAUSAL_LM_PROBLEMS, RunConfig, apply_overrides, load_config
+from tunelab.config import RunConfig, apply_overrides, load_config
 from tunelab.errors import DataError, TunelabError
+from tunelab.problem_spec import spec_of
 from tunelab.rundir import write_rows
 from tunelab.training.loop import RunResult
 from tunelab.training.loop import train as _train
@@ -142,7 +143,7 @@ class Runner:
         self._columns_set = []
         if keys is None:
             return  # the configured columns, or those detected from the rows (alpaca, messages, ...)
-        scored = self.base["problem_type"] in ("classification", "regression")
+        scored = spec_of(self.base["problem_type"]).labelled
         self._columns_set = ["prompt_column", "label_column" if scored else "answer_column"]
         dataset.update(dict(zip(self._columns_set, ([keys[0]], keys[1]))))
 
@@ -270,7 +271,7 @@ class Runner:
             raise _refuse("Runner.__call__", name, value, "a prompt or a list of prompts")
         loaded = self._model()
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if loaded.cfg.problem_type not in CAUSAL_LM_PROBLEMS:
+        if not loaded.cfg.spec.generative:
             examples = [{"text": p} for p in prompts]
         else:
             examples = [{"messages": [{"role": "user", "content": p}]} for p in prompts]

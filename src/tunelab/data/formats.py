@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
 
-from tunelab.config import PROBLEM_DATA_KINDS, RunConfig
+from tunelab.config import RunConfig
 from tunelab.data.cells import cell_text, conversation_messages, system_messages, with_default_system
 from tunelab.data.messages import is_trained, json_cell, normalise_messages, tools_cell
 from tunelab.data.preference_formats import (  # noqa: F401  (parse_hh_dialogue, split_shared_prefix: re-exported)
@@ -189,7 +189,7 @@ def detect_format(record: Record, cfg: RunConfig) -> str:
 
 def _for_problem(detection: Detection, cfg: RunConfig) -> Detection:
     """Problem types that train on labelled rows read every file as text and label columns."""
-    if "labelled" in PROBLEM_DATA_KINDS[cfg.problem_type] and detection.format != "classification":
+    if cfg.spec.labelled and detection.format != "classification":
         return Detection("classification", "text and label columns")
     return detection
 
@@ -230,7 +230,7 @@ def apply_detection(detection: Detection, cfg: RunConfig) -> list[str]:
 
 def unsuitable(detection: Detection, cfg: RunConfig) -> str | None:
     """Why ``cfg.problem_type`` cannot train on data of this shape, or None when it can."""
-    if detection.kind in PROBLEM_DATA_KINDS[cfg.problem_type]:
+    if detection.kind in cfg.spec.data_kinds:
         return None
     suits = detection.problem_types()
     what = f"this data is {detection.title} ({KIND_TITLES[detection.kind]})"
@@ -344,12 +344,12 @@ class ExampleReader:
 
     def example(self, record: Record) -> dict[str, Any]:
         kind = FORMAT_KINDS.get(self.format, "conversation")
-        if "prompt" in PROBLEM_DATA_KINDS[self.cfg.problem_type]:  # online RL samples its own answers
+        if "prompt" in self.cfg.spec.data_kinds:  # online RL samples its own answers
             return prompt_only_example(record, self.cfg, self.format)
         if self.format == "h2o_multiturn":
             return self._chained(record)
         example = BUILDERS[self.format](record, self.cfg)
-        if kind == "pair" and "conversation" in PROBLEM_DATA_KINDS[self.cfg.problem_type]:
+        if kind == "pair" and "conversation" in self.cfg.spec.data_kinds:
             # Supervised fine-tuning on preference data trains on the chosen answers (the first step of RLHF).
             return {"messages": [*example["prompt"], {"role": "assistant", "content": example["chosen"]}]}
         return example
@@ -394,12 +394,12 @@ def prompt_only_example(record: Record, cfg: RunConfig, fmt: str = "auto") -> di
         return example | {"reference": reference if not isinstance(reference, list) else "|".join(reference)}
     if kind == "pair":
         pair = preference_example(record, cfg)
-        if cfg.problem_type == "reward":  # a reward model scores both answers
+        if cfg.spec.scores_answers:  # a reward model scores both answers
             return pair
         return {"messages": pair["prompt"], "reference": pair["chosen"]}
     if kind in ("prompt", "stepwise", "unpaired"):
         return {"messages": with_default_system(prompt_messages(record, cfg) or [], cfg), "reference": None}
-    if cfg.problem_type == "reward":  # a prompt and one answer to score
+    if cfg.spec.scores_answers:  # a prompt and one answer to score
         if kind != "conversation" or fmt == "h2o_multiturn":
             raise record.error(
                 "a reward model scores a prompt and an answer, or a preference pair",

@@ -6,7 +6,7 @@ the longest strings). The order of the rules below is the order of precedence; e
 rows is reported as an alternative reading, with the ``dataset.format`` value that forces it.
 
 Each shape produces one *kind* of canonical example; problem types declare which kinds they train on
-(``config.PROBLEM_DATA_KINDS``).
+(``ProblemSpec.data_kinds``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunelab.config import PROBLEM_DATA_KINDS, RunConfig
+from tunelab.config import RunConfig
 from tunelab.data.readers import Record
+from tunelab.problem_spec import all_specs
 
 SAMPLE_ROWS = 200
 # Prompt/answer column names people use, most specific first (a list of prompt columns is joined).
@@ -79,10 +80,8 @@ class Detection:
 
     def problem_types(self) -> list[str]:
         """The problem types that train on this shape (regression only on numeric labels)."""
-        names = [name for name, kinds in PROBLEM_DATA_KINDS.items() if self.kind in kinds]
-        if self.label_counts and not all(_is_number(k) for k in self.label_counts):
-            names = [n for n in names if n != "regression"]
-        return names
+        numeric = not self.label_counts or all(_is_number(k) for k in self.label_counts)
+        return [s.name for s in all_specs() if self.kind in s.data_kinds and (numeric or not s.numeric_labels)]
 
     def describe_columns(self) -> str:
         return ", ".join(
@@ -135,8 +134,8 @@ def _candidates(records: list[Record], cfg: RunConfig) -> list[Detection]:
     ds = cfg.dataset
     keys = _keys(records)
     found: list[Detection] = []
-    scored = "labelled" in PROBLEM_DATA_KINDS[cfg.problem_type]
-    labelled = _labelled(records, cfg, keys, numeric=cfg.problem_type == "regression")
+    scored = cfg.spec.labelled
+    labelled = _labelled(records, cfg, keys, numeric=cfg.spec.numeric_labels)
     if scored and labelled:
         return [labelled]
     if labelled and not (_names_a_label(labelled, ds) or len(keys) == 2):

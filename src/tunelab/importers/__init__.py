@@ -16,6 +16,7 @@ from tunelab.importers.axolotl import import_axolotl
 from tunelab.importers.h2o import import_h2o
 from tunelab.importers.llamafactory import import_llamafactory
 from tunelab.io import write_text_atomic
+from tunelab.problem_spec import problem_types
 
 IMPORTERS = {"llamafactory": import_llamafactory, "axolotl": import_axolotl, "h2o": import_h2o}
 TITLES = {"llamafactory": "LLaMA-Factory", "axolotl": "Axolotl", "h2o": "H2O LLM Studio"}
@@ -64,7 +65,7 @@ def detect_source(data: dict[str, Any], file: str | None = None) -> str:
     Raises:
         ConfigError: when no tool's keys are there, or the config already is a tunelab config.
     """
-    tunelab_problem = data.get("problem_type") in RunConfig.model_fields["problem_type"].annotation.__args__
+    tunelab_problem = data.get("problem_type") in problem_types()
     if tunelab_problem and "llm_backbone" in data:
         raise ConfigError("this already is a tunelab config", file=file, hint="check it with tunelab config validate")
     scores = {name: sum(key in data for key in keys) for name, keys in MARKERS.items()}

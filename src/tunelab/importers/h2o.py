@@ -10,9 +10,10 @@ import codecs
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import PROBLEM_METRICS, SECTIONS
+from tunelab.config import SECTIONS
 from tunelab.errors import ConfigError
 from tunelab.importers.common import Mapper, is_unset
+from tunelab.problem_spec import spec_of
 
 PROBLEMS = {
     "text_causal_language_modeling": "causal_lm",
@@ -120,8 +121,10 @@ def _value(value: Any) -> Any:
 
 def _dataset(m: Mapper, sub: Mapper, problem: str) -> None:
     parent = sub.take("parent_id_column")
-    chained = parent is not None and problem in ("causal_lm", "rl")
-    fmt = "preference" if problem == "dpo" else "h2o_multiturn" if chained else "columns"
+    spec = spec_of(problem)
+    pairs = spec.default_format == "preference"
+    chained = parent is not None and spec.generative and "conversation" in spec.data_kinds  # chained conversations
+    fmt = "preference" if pairs else "h2o_multiturn" if chained else "columns"
     m.set("dataset.format", fmt, "dataset.parent_id_column")
     if chained:
         m.set("dataset.parent_id_column", parent, "dataset.parent_id_column")
@@ -132,8 +135,8 @@ def _dataset(m: Mapper, sub: Mapper, problem: str) -> None:
             m.set(f"dataset.{key}", sub.take(key) or "", f"dataset.{key}")
     answer = sub.take("answer_column")
     if answer is not None:
-        target = {"dpo": "chosen_column", "classification": "label_column", "regression": "label_column"}
-        m.set(f"dataset.{target.get(problem, 'answer_column')}", answer, "dataset.answer_column")
+        target = "chosen_column" if pairs else "label_column" if spec.labelled else "answer_column"
+        m.set(f"dataset.{target}", answer, "dataset.answer_column")
     if sub.take("rejected_answer_column") is not None:
         m.set("dataset.rejected_column", sub.get("rejected_answer_column"), "dataset.rejected_answer_column")
     if sub.take("rejected_prompt_column") is not None:
@@ -196,7 +199,7 @@ def _prediction(m: Mapper, sub: Mapper, problem: str) -> None:
     if metric == "GPT":
         sub.leave("metric", "H2O's GPT judge: tunelab's 'judge' metric needs judge.base_url and judge.model")
     elif metric is not None:
-        metrics = PROBLEM_METRICS[problem]
+        metrics = spec_of(problem).metrics
         if metric in metrics:
             m.set("prediction.metric", metric, "prediction.metric")
         else:

@@ -26,6 +26,8 @@ from tunelab.importers.common import (
 from tunelab.importers.llamafactory_data import map_datasets
 
 STAGES = {"sft": "causal_lm", "pt": "causal_lm", "rm": "reward", "dpo": "dpo", "ppo": "rl"}
+# LLaMA-Factory's stages that read pref_loss (its vocabulary, not a tunelab problem type).
+PREFERENCE_STAGES = ("dpo",)
 PREFERENCE_LOSSES = {"sigmoid": "sigmoid", "hinge": "hinge", "ipo": "ipo", "orpo": "orpo", "simpo": "simpo"}
 
 ONE_TO_ONE = TRAINER_ARGUMENTS | {
@@ -164,7 +166,7 @@ def _schedule(m: Mapper) -> None:
 
 def _preference(m: Mapper, stage: str) -> None:
     loss = m.take("pref_loss")
-    if stage == "dpo":
+    if stage in PREFERENCE_STAGES:
         loss = loss or "sigmoid"
         if loss in PREFERENCE_LOSSES:
             m.set("training.preference_loss", PREFERENCE_LOSSES[loss], "pref_loss")

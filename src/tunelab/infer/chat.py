@@ -147,11 +147,10 @@ def chat_repl(run_dir: str | Path, console: Any, read: Any = input) -> None:
         console: where answers are printed.
         read: the prompt reader (``input`` by default; tests pass their own).
     """
-    from tunelab.config import CAUSAL_LM_PROBLEMS
     from tunelab.infer.model import load_run
 
     loaded = load_run(run_dir)
-    if loaded.cfg.problem_type not in CAUSAL_LM_PROBLEMS:
+    if not loaded.cfg.spec.can_chat:
         raise TunelabError(
             "chat needs a causal-LM run", file=str(run_dir), hint="use 'tunelab predict' for a classification run"
         )

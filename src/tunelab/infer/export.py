@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from tunelab.config import CAUSAL_LM_PROBLEMS
 from tunelab.errors import TunelabError
 from tunelab.interrupts import StopOnSignal, StopSignal
 from tunelab.io import atomic_dir, write_json_atomic, write_text_atomic
@@ -43,7 +42,7 @@ def parity_examples(loaded: Any) -> list[dict[str, Any]]:
         path = loaded.run.path / "validation_predictions.csv"
         with open(path, encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
-        key = "messages" if loaded.cfg.problem_type in CAUSAL_LM_PROBLEMS else "text"
+        key = "messages" if loaded.cfg.spec.generative else "text"
         examples = [
             {key: r["prompt"]} if key == "text" else {key: [{"role": "user", "content": r["prompt"]}]} for r in rows
         ]
@@ -54,7 +53,7 @@ def parity_examples(loaded: Any) -> list[dict[str, Any]]:
 def model_outputs(model: Any, loaded: Any, examples: list[dict[str, Any]]) -> dict[str, Any]:
     """What parity compares: greedy answers and prompt logits (causal LM), or class probabilities."""
     problem = loaded.problem
-    if loaded.cfg.problem_type not in CAUSAL_LM_PROBLEMS:
+    if not loaded.cfg.spec.generative:
         return {"predictions": problem.predict(model, examples)}
     from tunelab.generation.generate import generate_batched
 
@@ -178,8 +177,12 @@ def _export_run(
             f"a {loaded.cfg.training.adapter} run adds soft tokens and cannot be merged into weights",
             hint="export it with --format adapter",
         )
-    if fmt == "gguf" and loaded.cfg.problem_type not in CAUSAL_LM_PROBLEMS:
-        raise ExportError("GGUF export is for causal language models", hint="use --format merged")
+    if fmt not in loaded.cfg.spec.exports:
+        what = "GGUF export is for causal language models" if fmt == "gguf" else f"{fmt} export"
+        raise ExportError(
+            f"{what}: a {loaded.cfg.problem_type} run exports as {', '.join(loaded.cfg.spec.exports)}",
+            hint=f"use --format {loaded.cfg.spec.exports[-1]}",
+        )
     if fmt == "gguf":
         from tunelab.infer.gguf_export import check_model_type
 

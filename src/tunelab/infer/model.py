@@ -81,10 +81,9 @@ def build_run_problem(cfg: RunConfig, tokenizer: Any) -> Any:
 
 def load_base(cfg: RunConfig, device: str | None = None) -> LoadedRun:
     """The untouched backbone of ``cfg`` as a LoadedRun without a run directory (causal LM only)."""
-    from tunelab.config import CAUSAL_LM_PROBLEMS
     from tunelab.errors import ConfigError
 
-    if cfg.problem_type not in CAUSAL_LM_PROBLEMS:
+    if not cfg.spec.generative:
         raise ConfigError(
             "only a causal LM can answer before training",
             field="problem_type",

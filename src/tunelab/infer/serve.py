@@ -46,7 +46,8 @@ from tunelab.generation.settings import (
     seeded,
     until_end,
 )
-from tunelab.http_guard import HostAllowList, add_request_guard, is_loopback
+from tunelab.http_guard import HostAllowList, add_request_guard
+from tunelab.http_guard import check_bind as refuse_open_bind
 from tunelab.infer.model import LoadedRun, load_run
 from tunelab.infer.openai_api import (
     PARAMS,
@@ -57,6 +58,7 @@ from tunelab.infer.openai_api import (
     ScoreBody,
 )
 from tunelab.models.adapters import is_prompt_learning, unwrap
+from tunelab.problem_spec import ENDPOINT_PATHS, Endpoint, all_specs
 
 log = logging.getLogger("tunelab.serve")
 
@@ -346,10 +348,10 @@ class ServedRun:
         self.loaded = loaded
         self.name = model_name or loaded.cfg.experiment_name
         self.kind = loaded.cfg.problem_type
-        self.kind = "causal_lm" if self.kind in ("dpo", "rl") else self.kind  # preference/RL-tuned: still a chat LM
-        if self.kind not in ("causal_lm", "classification", "regression", "reward"):
+        self.spec = loaded.cfg.spec
+        if not self.spec.endpoints:
             raise TunelabError(
-                f"serve answers causal_lm, dpo, rl, classification, regression and reward runs, not {self.kind}",
+                f"serve has no endpoint for {self.kind} runs",
                 field="problem_type",
                 hint="use 'tunelab predict' for this run",
             )
@@ -364,7 +366,7 @@ class ServedRun:
         # The run's prediction settings are every request's defaults.
         self.defaults = GenerationSettings.from_prediction(loaded.cfg.prediction)
         self.eos_ids = model_eos_ids(self.tokenizer, loaded.model)
-        self.vocab_size = vocab_size(loaded.model) if self.kind == "causal_lm" else 0
+        self.vocab_size = vocab_size(loaded.model) if self.spec.generative else 0
 
     def card(self) -> dict[str, Any]:
         return {"id": self.name, "object": "model", "created": self.created, "owned_by": "tunelab"}
@@ -374,13 +376,14 @@ class ServedRun:
             message = f"the model '{name}' does not exist: this server serves '{self.name}'"
             raise APIError(404, message, param="model", code="model_not_found")
 
-    def require(self, kinds: tuple[str, ...], endpoint: str) -> None:
-        if self.kind not in kinds:
-            other = {"causal_lm": "/v1/chat/completions or /v1/completions", "reward": "/v1/score"}.get(
-                self.kind, "/v1/classify"
+    def require(self, endpoint: Endpoint) -> None:
+        """Refuse a request to an endpoint this run's problem type does not offer (``ProblemSpec.endpoints``)."""
+        if endpoint not in self.spec.endpoints:
+            other = " or ".join(ENDPOINT_PATHS[e] for e in self.spec.endpoints)
+            wanted = " or ".join(s.name for s in all_specs() if endpoint in s.endpoints)
+            message = (
+                f"{ENDPOINT_PATHS[endpoint]} needs a {wanted} run, but '{self.name}' is a {self.kind} run: use {other}"
             )
-            wanted = " or ".join(kinds)
-            message = f"{endpoint} needs a {wanted} run, but '{self.name}' is a {self.kind} run: use {other}"
             raise APIError(400, message, code="wrong_endpoint")
 
     # -------------------------------------------------------------- request preparation (in a thread-pool thread)
@@ -749,21 +752,21 @@ def create_app(
 
     @router.post("/chat/completions")
     async def chat_completions(body: ChatBody) -> Any:
-        served.require(("causal_lm",), "/v1/chat/completions")
+        served.require("chat")
         served.check_model(body.model)
         prompt = await run_in_threadpool(served.chat_prompt, [m.as_turn() for m in body.messages])
         return await generation(body, [prompt], chat=True, param="messages")
 
     @router.post("/completions")
     async def completions(body: CompletionBody) -> Any:
-        served.require(("causal_lm",), "/v1/completions")
+        served.require("completions")
         served.check_model(body.model)
         prompts = await run_in_threadpool(served.completion_prompts, body.prompt)
         return await generation(body, prompts, chat=False, param="prompt")
 
     @router.post("/classify")
     async def classify(body: ClassifyBody) -> dict[str, Any]:
-        served.require(("classification", "regression"), "/v1/classify")
+        served.require("classify")
         served.check_model(body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts:
@@ -775,7 +778,7 @@ def create_app(
         problem = served.loaded.problem
         data = []
         for index, prediction in enumerate(predictions):
-            if served.kind == "regression":
+            if served.spec.numeric_labels:
                 data.append({"index": index, "value": prediction["prediction"]})
                 continue
             probabilities = {c: prediction[f"prob_{c}"] for c in problem.classes}
@@ -788,7 +791,7 @@ def create_app(
 
     @router.post("/score")
     async def score(body: ScoreBody) -> dict[str, Any]:
-        served.require(("reward",), "/v1/score")
+        served.require("score")
         served.check_model(body.model)
         examples = body.examples()
         if not examples:
@@ -811,12 +814,14 @@ def create_app(
 # ------------------------------------------------------------------ serving
 def check_bind(host: str, api_key: str | None) -> None:
     """Refuse to expose a model beyond this machine without a key: anyone who can reach it could use it."""
-    if not api_key and not is_loopback(host):
-        raise TunelabError(
-            f"refusing to serve on {host} without an API key",
-            field="host",
-            hint="pass --api-key KEY (clients then send 'Authorization: Bearer KEY'), or bind to 127.0.0.1",
-        )
+    refuse_open_bind(
+        host,
+        api_key,
+        "a model",
+        "an API key",
+        "host",
+        "pass --api-key KEY (clients then send 'Authorization: Bearer KEY'), or bind to 127.0.0.1",
+    )
 
 
 def check_request_limit(max_request_mb: float) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from tunelab.config import CAUSAL_LM_PROBLEMS, RunConfig
+from tunelab.config import RunConfig
 from tunelab.errors import ConfigError
 from tunelab.io import atomic_dir, write_json_atomic
 from tunelab.models.heads import backbone_linear_names, classification_head, head_parameter_names
@@ -155,7 +155,7 @@ def apply_adapter(model: Any, cfg: RunConfig) -> Any:
         ConfigError: when the method does not fit this backbone or problem type.
     """
     method = cfg.training.adapter
-    classification = cfg.problem_type not in CAUSAL_LM_PROBLEMS  # a head on top: classification, regression, reward
+    classification = not cfg.spec.generative  # a new head on top (classification, regression, reward)
     if method == "none":
         for param in model.parameters():
             param.requires_grad_(True)
@@ -216,7 +216,7 @@ def _partial_selection(model: Any, cfg: RunConfig) -> set[str]:
     if t.adapter == "head_only":
         return head_parameter_names(model, cfg.problem_type)
     if t.adapter == "bitfit":
-        head = head_parameter_names(model, cfg.problem_type) if cfg.problem_type not in CAUSAL_LM_PROBLEMS else set()
+        head = set() if cfg.spec.generative else head_parameter_names(model, cfg.problem_type)
         biases = {n for n in names if n.endswith(".bias") and n not in head}
         if not biases:
             raise ConfigError(

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from tunelab.config import CAUSAL_LM_PROBLEMS
 from tunelab.errors import ModelError
+from tunelab.problem_spec import spec_of
 
 
 def backbone_of(model: Any) -> tuple[str, torch.nn.Module]:
@@ -52,7 +52,7 @@ def classification_head(model: Any) -> dict[str, torch.nn.Module]:
 def head_parameter_names(model: Any, problem_type: str) -> set[str]:
     """Full names of the head's parameters: the classification head, or the LM head of a causal LM (a head tied
     to the input embeddings is named as the model names it, e.g. ``model.embed_tokens.weight``)."""
-    if problem_type in CAUSAL_LM_PROBLEMS:
+    if spec_of(problem_type).generative:
         head = model.get_output_embeddings()
         if head is None:
             raise ModelError("this backbone has no language-model head", field="llm_backbone")

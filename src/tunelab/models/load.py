@@ -350,14 +350,13 @@ def merged_run_backbone(run_dir: Path) -> Path:
     """
     from transformers import AutoModelForCausalLM
 
-    from tunelab.config import CAUSAL_LM_PROBLEMS
     from tunelab.models.adapters import is_peft_model, is_prompt_learning
     from tunelab.rundir import RunDirectory
 
     run = RunDirectory.open(run_dir)
     cfg = run.config()
     where = {"file": str(run_dir), "field": "llm_backbone"}
-    if cfg.problem_type not in CAUSAL_LM_PROBLEMS:
+    if not cfg.spec.generative:
         raise ModelError(f"a {cfg.problem_type} run cannot be the backbone of a new run (a causal LM run can)", **where)
     model_dir = run.model_dir
     assert model_dir is not None

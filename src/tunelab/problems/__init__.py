@@ -1,17 +1,29 @@
-"""Problem types, one file each, registered by ``problem_type`` name."""
+"""Problem types, one file each; each file registers its ``ProblemSpec`` (``tunelab.problem_spec``)."""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from tunelab.registry import Registry
+from tunelab.problem_spec import spec_of
 
-PROBLEMS: Registry[Any] = Registry("problem type")
+if TYPE_CHECKING:
+    from tunelab.problems.base import Problem
+
+# The registry lines: one problem file per entry, loaded in this order (the order problem types are listed in).
+PROBLEM_MODULES = ("causal_lm", "classification", "reward", "preference", "rl")
 
 
-def build_problem(cfg: Any, tokenizer: Any) -> Any:
-    """The problem object for ``cfg.problem_type``."""
-    # Imported here so that reading a config never pays for torch/transformers.
-    from tunelab.problems import causal_lm, classification, preference, reward, rl  # noqa: F401
+def load_problem_types() -> None:
+    """Import every problem file so that each registers its spec (``problem_spec.spec_of`` calls this once)."""
+    for module in PROBLEM_MODULES:
+        importlib.import_module(f"tunelab.problems.{module}")
 
-    return PROBLEMS.get(cfg.problem_type)(cfg, tokenizer)
+
+def build_problem(cfg: Any, tokenizer: Any) -> Problem:
+    """The problem object for ``cfg.problem_type`` (a ``RunConfig``).
+
+    Raises:
+        ConfigError: for an unknown problem type, naming the closest one.
+    """
+    return spec_of(cfg.problem_type).build(cfg, tokenizer)

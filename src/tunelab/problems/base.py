@@ -1,15 +1,22 @@
-"""The protocol every problem type implements. The training loop only ever talks to this."""
+"""The protocol every problem type implements, and the spec it registers. The training loop only talks to this."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import torch
+# The spec lives below ``config`` in the import layers (config, data and models read it); it is re-exported here so
+# that a problem file imports everything it implements from one place.
+from tunelab.problem_spec import ProblemSpec, Reference, Sampling, register_spec
 
-from tunelab.data.readers import Record
-from tunelab.data.tokenize import EncodedSplit, SplitBuilder
+if TYPE_CHECKING:
+    import torch
+
+    from tunelab.data.readers import Record
+    from tunelab.data.tokenize import EncodedSplit, SplitBuilder
+
+__all__ = ["EvalResult", "Problem", "ProblemSpec", "Reference", "Sampling", "register_spec"]
 
 
 @dataclass
@@ -21,18 +28,29 @@ class EvalResult:
 
 
 class Problem(Protocol):
-    """One problem type: how rows become features, batches, a loss, metrics and predictions."""
+    """One problem type's behaviour: how rows become features, batches, a loss, metrics and predictions.
+
+    Optional members, read with ``getattr`` and a default where they are used (declare them only when they apply):
+
+    - ``stratify: bool`` (True) — split by ``label_of``'s labels; ``classes`` / ``multi_label`` / ``target_stats``
+      — what ``fit`` learned, recorded in run.json and the model card;
+    - ``padding_free() -> bool`` — batches are packed without padding (planner);
+    - ``attach(model, data)`` — called by ``training.setup`` once the model and data exist (e.g. a reference model);
+    - ``batch_repeats: int`` (1) — optimizer steps taken per batch (RL's iterations);
+    - ``loss_growth_guard: bool`` (True) — whether a growing loss stops the run;
+    - ``pop_stats() -> dict[str, float]`` — extra metrics to log after each step;
+    - ``renderer`` / ``prompt_ids(examples)`` — generative types: the prompt renderer and prompt token ids.
+    """
 
     name: ClassVar[str]
+    cfg: Any  # the RunConfig
+    tokenizer: Any
 
     def auto_class(self) -> Any:
         """The transformers auto class that loads the backbone with this problem's head."""
 
     def model_kwargs(self) -> dict[str, Any]:
         """Extra config values for loading the backbone (e.g. number of labels)."""
-
-    def example(self, record: Record) -> dict[str, Any]:
-        """The canonical example of one raw record; raises ``DataError`` naming the row and field."""
 
     def label_of(self, example: dict[str, Any]) -> str | None:
         """The class label to stratify splits by, or None."""

@@ -19,8 +19,7 @@ from tunelab.generation.generate import generate_batched
 from tunelab.models.adapters import is_prompt_learning, unwrap
 from tunelab.models.attention import varlen_attention
 from tunelab.models.fused_loss import chunked_cross_entropy, chunked_token_losses, plain_head
-from tunelab.problems import PROBLEMS
-from tunelab.problems.base import EvalResult
+from tunelab.problems.base import EvalResult, ProblemSpec, register_spec
 
 
 def score_answers(
@@ -77,7 +76,6 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
-@PROBLEMS.register("causal_lm")
 class CausalLMProblem:
     """Instruction/chat supervised fine-tuning and continued pre-training of a causal LM."""
 
@@ -294,3 +292,35 @@ class CausalLMProblem:
 
     def load(self, run_dir: Path) -> None:
         return None
+
+
+def causal_lm_rules(cfg: RunConfig) -> list[tuple[str, str]]:
+    """Supervised fine-tuning needs an answer to train on, and ``freeze`` needs something to unfreeze."""
+    found = []
+    t = cfg.training
+    if t.adapter == "freeze" and not (t.trainable_layers or t.trainable_patterns):
+        found.append(("training.trainable_layers", "freeze trains nothing: set trainable_layers or trainable_patterns"))
+    if not cfg.dataset.answer_column:
+        found.append(("dataset.answer_column", "required for causal_lm"))
+    return found
+
+
+SPEC = register_spec(
+    ProblemSpec(
+        name="causal_lm",
+        summary="instruction/chat supervised fine-tuning and continued pre-training of a causal LM",
+        build=CausalLMProblem,
+        data_kinds=("conversation", "text", "segments", "pair"),
+        default_format="columns",
+        metrics=("BLEU", "Perplexity", "chrF", "ROUGE_L", "Exact_Match", "judge"),
+        lower_is_better=("Perplexity",),
+        losses=("CrossEntropy",),
+        rules=causal_lm_rules,
+        generative=True,
+        token_masking=True,
+        endpoints=("chat", "completions"),
+        exports=("adapter", "merged", "gguf"),
+        rows_layout="answers",
+        score_note=" Score: the row's score under the metric that picks the best checkpoint, else sentence BLEU.",
+    )
+)

@@ -23,8 +23,7 @@ from tunelab.evaluate.metrics import (
     compute_regression_metrics,
 )
 from tunelab.io import write_json_atomic
-from tunelab.problems import PROBLEMS
-from tunelab.problems.base import EvalResult
+from tunelab.problems.base import EvalResult, ProblemSpec, register_spec
 
 
 def custom_metrics(cfg: RunConfig, predictions: list[Any], references: list[Any]) -> dict[str, float]:
@@ -49,7 +48,6 @@ def shown_text(example: dict[str, Any]) -> str:
     return example["text"] + (f"\n{example['text_pair']}" if example.get("text_pair") is not None else "")
 
 
-@PROBLEMS.register("classification")
 class ClassificationProblem:
     """Text classification with a classification head on an encoder or a decoder backbone."""
 
@@ -259,7 +257,6 @@ class ClassificationProblem:
         self.multi_label = bool(saved.get("multi_label", False))
 
 
-@PROBLEMS.register("regression")
 class RegressionProblem(ClassificationProblem):
     """One number per text (a score, a rating): a one-output head trained on standardised targets.
 
@@ -365,3 +362,56 @@ class RegressionProblem(ClassificationProblem):
         if not path.is_file():
             raise RunDirError("labels.json is missing from the run directory", file=str(run_dir))
         self.target_stats = tuple(json.loads(path.read_text(encoding="utf-8"))["target_stats"])
+
+
+def labelled_rules(cfg: RunConfig) -> list[tuple[str, str]]:
+    """Texts with labels: a label column, whole rows (no packing), read as text and label columns."""
+    found = []
+    kind = cfg.problem_type
+    if not cfg.dataset.label_column:
+        found.append(("dataset.label_column", f"required for {kind}"))
+    if cfg.training.packing:
+        found.append(("training.packing", f"packing is for causal LM training; turn it off for {kind}"))
+    if cfg.dataset.format not in ("auto", "columns", "classification"):
+        found.append(("dataset.format", f"{kind} reads text and label columns: use 'auto' or 'classification'"))
+    return found
+
+
+# config init and the studio's new-experiment form: a text and a label column, on the built-in encoder.
+STARTER = {"llm_backbone": "all-minilm-l6-v2", "dataset": {"prompt_column": ["text"], "label_column": "label"}}
+
+SPEC = register_spec(
+    ProblemSpec(
+        name="classification",
+        summary="text classification (one or several classes per text) with a classification head",
+        build=ClassificationProblem,
+        data_kinds=("labelled",),
+        default_format="classification",
+        metrics=("Accuracy", "F1", "F1_Micro", "AUC", "MCC"),
+        losses=("CrossEntropy",),
+        rules=labelled_rules,
+        shown_kinds=("labelled",),
+        starter=STARTER,
+        endpoints=("classify",),
+        rows_layout="labels",
+        report_sections=("confusion_matrix",),
+    )
+)
+REGRESSION_SPEC = register_spec(
+    ProblemSpec(
+        name="regression",
+        summary="one number per text (a score, a rating) with a one-output head",
+        build=RegressionProblem,
+        data_kinds=("labelled",),
+        default_format="classification",
+        metrics=("MAE", "RMSE", "R2"),
+        lower_is_better=("MAE", "RMSE"),
+        losses=("MSE", "L1", "Huber"),
+        rules=labelled_rules,
+        numeric_labels=True,
+        starter=STARTER,
+        endpoints=("classify",),
+        rows_layout="numbers",
+        score_note=" Score: minus the absolute error (0 is perfect).",
+    )
+)

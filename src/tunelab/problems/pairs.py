@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from tunelab.config import CUSTOM_METRIC
 from tunelab.data.prompts import IGNORE_INDEX, PromptRenderer, Rendered
 from tunelab.data.tokenize import SplitBuilder
 
@@ -82,3 +83,21 @@ def pair_rows(examples: list[dict[str, Any]], chosen: np.ndarray, rejected: np.n
             }
         )
     return rows
+
+
+def pair_rules(cfg: Any) -> list[tuple[str, str]]:
+    """The config rules of every type trained on preference pairs: two whole sequences per row, pairwise metrics."""
+    found, kind = [], cfg.problem_type
+    if cfg.training.packing:
+        found.append(("training.packing", f"{kind} compares two whole sequences per row and cannot pack them"))
+    if cfg.dataset.format not in ("auto", "preference"):
+        found.append(("dataset.format", f"{kind} trains on preference pairs: use 'auto' or 'preference'"))
+    custom = [m for m in cfg.all_metrics() if CUSTOM_METRIC.match(m)]
+    if custom:
+        found.append(("prediction.metric", f"{kind} reports pairwise metrics only, not '{custom[0]}'"))
+    return found
+
+
+def two_sequences(cfg: Any) -> int:
+    """Planner: a pair is read as its chosen and its rejected sequence."""
+    return 2

@@ -14,15 +14,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tunelab.config import ENCODER_MODEL_TYPES, RunConfig, backbone_model_type
 from tunelab.data.collate import pad_pairs
 from tunelab.data.prompts import IGNORE_INDEX
 from tunelab.data.readers import Record
 from tunelab.data.tokenize import EncodedSplit, SplitBuilder
 from tunelab.models.fused_loss import token_cross_entropy
-from tunelab.problems import PROBLEMS
-from tunelab.problems.base import EvalResult
+from tunelab.problems.base import EvalResult, ProblemSpec, Reference, register_spec
 from tunelab.problems.causal_lm import CausalLMProblem
-from tunelab.problems.pairs import add_pair, pair_rows, pairwise_accuracy, render_answer_only
+from tunelab.problems.pairs import add_pair, pair_rows, pair_rules, pairwise_accuracy, render_answer_only, two_sequences
 from tunelab.problems.reference import ReferenceModel
 
 REFERENCE_FREE = ("simpo", "orpo")
@@ -75,7 +75,6 @@ def preference_losses(
     return losses, (beta * (pc - rc)).detach(), (beta * (pr - rr)).detach()
 
 
-@PROBLEMS.register("dpo")
 class PreferenceProblem(ReferenceModel, CausalLMProblem):
     """A causal LM tuned to prefer the chosen answers; generation, chat and export as for causal_lm."""
 
@@ -207,3 +206,55 @@ class PreferenceProblem(ReferenceModel, CausalLMProblem):
             "rejected_logps": float(got["lr"].mean()),
         }
         return EvalResult(metrics, pair_rows(examples, chosen, rejected))
+
+
+REFERENCE_FREE = ("simpo", "orpo")  # preference losses without a reference model
+
+
+def dpo_rules(cfg: RunConfig) -> list[tuple[str, str]]:
+    """Pair rules, and: a causal LM backbone; reference and smoothing options only where the loss uses them."""
+    found, t = pair_rules(cfg), cfg.training
+    if backbone_model_type(cfg.llm_backbone) in ENCODER_MODEL_TYPES:
+        found.append(
+            ("llm_backbone", "dpo tunes a causal LM (e.g. smollm2-135m-instruct); this backbone is an encoder")
+        )
+    if t.precompute_reference and t.preference_loss in REFERENCE_FREE:
+        found.append(
+            (
+                "training.precompute_reference",
+                f"{t.preference_loss} uses no reference model, so there is nothing to precompute",
+            )
+        )
+    if t.label_smoothing > 0 and t.preference_loss not in ("sigmoid", "simpo"):
+        found.append(("training.label_smoothing", f"applies to sigmoid and simpo, not {t.preference_loss}"))
+    return found
+
+
+def dpo_reference(cfg: RunConfig) -> Reference:
+    """Planner: the frozen reference model DPO compares against (none for SimPO and ORPO)."""
+    if cfg.training.preference_loss in REFERENCE_FREE:
+        return "none"
+    return "precomputed" if cfg.training.precompute_reference else "model"
+
+
+SPEC = register_spec(
+    ProblemSpec(
+        name="dpo",
+        summary="preference tuning of a causal LM on chosen/rejected pairs: DPO, IPO, hinge, SimPO, ORPO",
+        build=PreferenceProblem,
+        data_kinds=("pair",),
+        default_format="preference",
+        metrics=("Reward_Accuracy", "Reward_Margin", "Chosen_Logps", "Rejected_Logps"),
+        losses=("Preference",),  # which one: training.preference_loss
+        rules=dpo_rules,
+        generative=True,
+        shown_kinds=("pair",),
+        sequences_per_row=two_sequences,
+        reference=dpo_reference,
+        endpoints=("chat", "completions"),
+        exports=("adapter", "merged", "gguf"),
+        rows_layout="pairs",
+        score_note=" Margin: the implicit reward (beta x log-ratio to the reference) of the chosen answer minus the "
+        "rejected one's; score 1 when it is positive.",
+    )
+)

@@ -19,12 +19,10 @@ from tunelab.data.collate import pad_pairs, pad_sequences
 from tunelab.data.prompts import IGNORE_INDEX, PromptRenderer, Rendered, apply_template_setting
 from tunelab.data.readers import Record
 from tunelab.data.tokenize import EncodedSplit, SplitBuilder
-from tunelab.problems import PROBLEMS
-from tunelab.problems.base import EvalResult
-from tunelab.problems.pairs import add_pair, pair_rows, pairwise_accuracy, with_answer
+from tunelab.problems.base import EvalResult, ProblemSpec, register_spec
+from tunelab.problems.pairs import add_pair, pair_rows, pair_rules, pairwise_accuracy, two_sequences, with_answer
 
 
-@PROBLEMS.register("reward")
 class RewardProblem:
     """A sequence-scoring head trained so that chosen answers score above rejected ones."""
 
@@ -166,3 +164,21 @@ class RewardProblem:
 
     def load(self, run_dir: Path) -> None:
         return None
+
+
+SPEC = register_spec(
+    ProblemSpec(
+        name="reward",
+        summary="a reward model scoring answers, trained on preference pairs (Bradley-Terry)",
+        build=RewardProblem,
+        data_kinds=("pair",),
+        default_format="preference",
+        metrics=("Pairwise_Accuracy", "Mean_Margin"),
+        losses=("BradleyTerry",),
+        rules=pair_rules,
+        sequences_per_row=two_sequences,
+        endpoints=("score",),
+        rows_layout="pairs",
+        score_note=" Margin: the reward of the chosen answer minus the rejected one's; score 1 when it is positive.",
+    )
+)

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from tunelab.config import CUSTOM_METRIC, ENCODER_MODEL_TYPES, RunConfig, backbone_model_type
 from tunelab.data.collate import pad_left
 from tunelab.data.prompts import IGNORE_INDEX
 from tunelab.data.readers import Record
@@ -34,8 +35,7 @@ from tunelab.data.tokenize import EncodedSplit, SplitBuilder
 from tunelab.errors import ConfigError
 from tunelab.generation.generate import generate_batched, generation_kwargs
 from tunelab.models.fused_loss import token_cross_entropy
-from tunelab.problems import PROBLEMS
-from tunelab.problems.base import EvalResult
+from tunelab.problems.base import EvalResult, ProblemSpec, Reference, Sampling, register_spec
 from tunelab.problems.causal_lm import CausalLMProblem, _head_fast_path
 from tunelab.problems.pairs import last_user_turn
 from tunelab.problems.reference import ReferenceModel
@@ -134,7 +134,6 @@ def group_advantages(rewards: torch.Tensor, group: int, scale: bool) -> torch.Te
     return centred.reshape(-1)
 
 
-@PROBLEMS.register("rl")
 class RLProblem(ReferenceModel, CausalLMProblem):
     """A causal LM trained on its own sampled completions toward a reward."""
 
@@ -393,3 +392,59 @@ class RLProblem(ReferenceModel, CausalLMProblem):
             for p, r, a, s in zip(prompts, references, answers, rewards)
         ]
         return EvalResult(metrics, rows)
+
+
+def rl_rules(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The rules of online RL: a reward, enough completions per prompt for GRPO, a causal LM, no packing."""
+    found, rl = [], cfg.rl
+    if not (rl.reward_function or rl.reward_model):
+        found.append(("rl.reward_function", "rl needs a reward: set rl.reward_function and/or rl.reward_model"))
+    if rl.reward_function and not CUSTOM_METRIC.match(rl.reward_function):
+        found.append(("rl.reward_function", f"'{rl.reward_function}' is not 'module:function'"))
+    if rl.algorithm == "grpo" and rl.num_generations < 2:
+        found.append(("rl.num_generations", "grpo compares completions of one prompt: use at least 2"))
+    if cfg.training.packing:
+        found.append(("training.packing", "rl trains on sampled completions and cannot pack them"))
+    if rl.algorithm == "ppo" and cfg.training.adapter in ("prefix_tuning", "prompt_tuning"):
+        found.append(("training.adapter", "ppo's value head reads hidden states, which soft prompts hide"))
+    if backbone_model_type(cfg.llm_backbone) in ENCODER_MODEL_TYPES:
+        found.append(("llm_backbone", "rl tunes a causal LM (e.g. smollm2-135m-instruct); this is an encoder"))
+    return found
+
+
+def _completions(cfg: RunConfig) -> int:
+    return cfg.rl.num_generations
+
+
+def _reference(cfg: RunConfig) -> Reference:
+    return "model" if cfg.rl.kl_coef > 0 else "none"
+
+
+def _sampling(cfg: RunConfig) -> Sampling:
+    return Sampling(cfg.rl.num_generations, cfg.rl.max_new_tokens, cfg.rl.reward_model)
+
+
+SPEC = register_spec(
+    ProblemSpec(
+        name="rl",
+        summary="online RL: sampled completions scored by a reward function or model, GRPO or PPO",
+        build=RLProblem,
+        data_kinds=("prompt", "conversation", "pair", "stepwise"),
+        default_format="columns",
+        metrics=("Reward", "Response_Length"),
+        lower_is_better=("kl", "value_loss"),
+        losses=("ClippedPolicy",),  # GRPO or PPO: rl.algorithm
+        rules=rl_rules,
+        generative=True,
+        shown_kinds=("prompt", "stepwise"),
+        # rl needs a reward to validate; inspecting data renders prompts only, so any reward will do.
+        inspect_overrides=("rl.reward_function=tunelab.rewards:length_reward",),
+        sequences_per_row=_completions,
+        reference=_reference,
+        sampling=_sampling,
+        endpoints=("chat", "completions"),
+        exports=("adapter", "merged", "gguf"),
+        rows_layout="answers",
+        score_note=" Score: the reward of the greedy answer.",
+    )
+)

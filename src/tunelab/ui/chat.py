@@ -32,7 +32,6 @@ class ChatModels:
         Raises:
             TunelabError: for a run that did not save a model or is not a causal LM.
         """
-        from tunelab.config import CAUSAL_LM_PROBLEMS
         from tunelab.infer.model import load_base, load_run
         from tunelab.infer.serve import BatchWorker, ServedRun
         from tunelab.rundir import RunDirectory
@@ -43,7 +42,7 @@ class ChatModels:
                 self._models.move_to_end(key)
                 return self._models[key]
             cfg = RunDirectory(run_dir).config()
-            if cfg.problem_type not in CAUSAL_LM_PROBLEMS:
+            if not cfg.spec.can_chat:
                 raise TunelabError(
                     f"chat needs a causal-LM run; this one is {cfg.problem_type}",
                     field="run",

@@ -16,6 +16,8 @@ import yaml
 from pydantic import ValidationError
 
 from tunelab.config import SECTIONS, RunConfig, _describe_error
+from tunelab.errors import ConfigError
+from tunelab.problem_spec import problem_types, starter_config
 
 # Set by the studio itself (every run goes into the studio's output directory).
 HIDDEN = ("output_directory",)
@@ -86,6 +88,8 @@ def value_text(value: Any) -> str:
 
 def _field(path: str, field: Any) -> dict[str, Any]:
     kind, choices = field_kind(field.annotation)
+    if path == "problem_type":  # a str checked against the problem-type registry: offer what is registered
+        kind, choices = "choice", problem_types()
     default = field.get_default(call_default_factory=True)
     return {
         "path": path,
@@ -109,7 +113,7 @@ def form_schema() -> dict[str, Any]:
         groups.append({"name": section, "description": RunConfig.model_fields[section].description, "fields": fields})
     return {
         "groups": groups,
-        "problem_types": [str(v) for v in _literals(RunConfig.model_fields["problem_type"].annotation)],
+        "problem_types": problem_types(),
         "backbones": [{"name": name, "description": spec.description} for name, spec in BUILTIN_MODELS.items()],
     }
 
@@ -211,9 +215,10 @@ def config_values(data: dict[str, Any]) -> dict[str, str]:
 def default_values(problem_type: str) -> dict[str, str]:
     """The form of a new experiment of ``problem_type``: the schema's defaults, with what ``tunelab config init`` puts
     in for that type (classification and regression read a text and a label column, on the built-in encoder)."""
-    base: dict[str, Any] = {"problem_type": problem_type}
-    if problem_type in ("classification", "regression"):
-        base.update(llm_backbone="all-minilm-l6-v2", dataset={"prompt_column": ["text"], "label_column": "label"})
+    try:
+        base = starter_config(problem_type)
+    except ConfigError:
+        base = {"problem_type": problem_type}
     try:
         data = RunConfig.model_validate(base).to_dict()
     except ValidationError:

@@ -11,7 +11,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
+from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
+from tunelab.problem_spec import all_specs
 from tunelab.ui.analysis import estimate
 from tunelab.ui.form import check_values, config_values, default_values, form_schema
 from tunelab.ui.manager import read_records
@@ -38,8 +40,14 @@ async def schema() -> dict[str, Any]:
     return form_schema()
 
 
+@router.get("/problem-types")
+async def problem_types() -> dict[str, Any]:
+    """Each registered problem type's public facts (``ProblemSpec.public``): the studio's only source for them."""
+    return {"problem_types": [spec.public() for spec in all_specs()]}
+
+
 @router.get("/defaults")
-async def defaults(problem_type: str = "causal_lm") -> dict[str, Any]:
+async def defaults(problem_type: str = RunConfig.model_fields["problem_type"].default) -> dict[str, Any]:
     return {"values": default_values(problem_type)}
 
 

@@ -40,6 +40,7 @@ async function streamChat(payload, onText) {
 TL.pages.chat = {
   async render(el, params) {
     const h = TL.h;
+    await TL.problemTypes();
     const runs = (await TL.runs()).filter((r) => r.status === "finished" && TL.canChat(r));
     const options = [["", "— none —"]];
     for (const r of runs) {

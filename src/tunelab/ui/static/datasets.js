@@ -2,16 +2,20 @@
 "use strict";
 
 // A guess of how to read a file from its columns; the user can change every choice before inspecting.
-function guessSettings(columns) {
+// ``types``: the problem types' facts (TL.problemTypes): a label column picks the first type trained on labelled
+// rows (classes, not numbers), otherwise the first trained on conversations.
+function guessSettings(columns, types) {
   const has = (name) => columns.includes(name);
   const labelCol = ["label", "labels", "class", "category", "sentiment", "target"].find(has);
   if (labelCol) {
     const text = columns.find((c) => c !== labelCol) || "text";
-    return { problem_type: "classification", prompt: text, answer: "", label: labelCol };
+    const labelled = TL.firstProblemType(types, (t) => t.labelled && !t.numeric_labels);
+    return { problem_type: labelled, prompt: text, answer: "", label: labelCol };
   }
+  const chat = TL.firstProblemType(types, (t) => t.data_kinds[0] === "conversation");
   const pairs = [["question", "answer"], ["prompt", "response"], ["prompt", "completion"], ["input", "output"], ["instruction", "output"]];
-  for (const [p, a] of pairs) if (has(p) && has(a)) return { problem_type: "causal_lm", prompt: p, answer: a, label: "" };
-  return { problem_type: "causal_lm", prompt: columns[0] || "instruction", answer: columns[1] || "output", label: "" };
+  for (const [p, a] of pairs) if (has(p) && has(a)) return { problem_type: chat, prompt: p, answer: a, label: "" };
+  return { problem_type: chat, prompt: columns[0] || "instruction", answer: columns[1] || "output", label: "" };
 }
 
 // The "choose a file" card: upload (refused uploads say why), a path on the server, the uploaded files.
@@ -52,10 +56,12 @@ TL.pages.datasets = {
   async render(el) {
     const h = TL.h;
     const schema = await TL.schema();
+    const types = await TL.problemTypes();
+    const defaultOf = (name) => schema.groups[0].fields.find((f) => f.name === name).default;
     const state = TL.datasetState || (TL.datasetState = { path: "" });
     const formats = schema.groups.find((g) => g.name === "dataset").fields.find((f) => f.name === "format").choices;
     const ctl = {
-      problem: TL.select(schema.problem_types, state.problem_type || "causal_lm", { id: "ds-problem" }),
+      problem: TL.select(schema.problem_types, state.problem_type || defaultOf("problem_type"), { id: "ds-problem" }),
       backbone: h("input", { id: "ds-backbone", list: "ds-backbones", value: state.backbone || "" }),
       format: TL.select(formats, state.format || "auto", { id: "ds-format" }),
       prompt: h("input", { id: "ds-prompt", value: state.prompt || "" }),
@@ -63,12 +69,12 @@ TL.pages.datasets = {
       label: h("input", { id: "ds-label", value: state.label || "" }),
     };
     const result = h("div", { id: "inspect-result" });
-    const scored = () => ["classification", "regression"].includes(ctl.problem.value);
-    const defaultBackbone = () => (scored() ? "all-minilm-l6-v2" : "smollm2-135m-instruct");
+    const facts = () => types[ctl.problem.value] || { starter: {} };
+    const defaultBackbone = () => facts().starter.llm_backbone || defaultOf("llm_backbone");
     const choose = (path, columns) => {
       files.pathInput.value = state.path = path;
       if (!columns || !columns.length) return;
-      const g = guessSettings(columns);
+      const g = guessSettings(columns, types);
       ctl.problem.value = g.problem_type;
       [ctl.prompt.value, ctl.answer.value, ctl.label.value] = [g.prompt, g.answer, g.label];
       ctl.backbone.value = defaultBackbone();
@@ -103,8 +109,8 @@ TL.pages.datasets = {
           TL.field("backbone (its tokenizer renders the rows)", h("span", { class: "combo" }, ctl.backbone, backbones)),
           TL.field("format", ctl.format, "'auto' detects it from the first row."),
           TL.field("prompt column(s)", ctl.prompt, "Several: comma-separated."),
-          TL.field("answer column (causal LM)", ctl.answer),
-          TL.field("label column (classification, regression)", ctl.label),
+          TL.field("answer column (types trained on answers)", ctl.answer),
+          TL.field("label column (types trained on labelled rows)", ctl.label),
           h("button", { class: "primary", id: "inspect", onclick: inspect }, "Inspect"))),
       result
     );

@@ -109,8 +109,13 @@ class ExperimentForm {
     }
   }
 
+  // The schema's default problem type (RunConfig's default).
+  defaultProblemType() {
+    return this.schema.groups[0].fields.find((f) => f.name === "problem_type").default;
+  }
+
   async fromRun(runId) {
-    if (!runId) return this.loadDefaults(this.values.problem_type || "causal_lm", false);
+    if (!runId) return this.loadDefaults(this.values.problem_type || this.defaultProblemType(), false);
     const data = await TL.api("GET", `/api/runs/${runId}/config`);
     this.touched = new Set(Object.keys(data.values));
     this.setValues(data.values, false);
@@ -138,7 +143,7 @@ TL.pages.new = {
     const preset = TL.presetRun;
     const fromDataset = TL.newExperiment;
     TL.presetRun = TL.newExperiment = null;
-    await form.loadDefaults((fromDataset && fromDataset.problem_type) || "causal_lm", false);
+    await form.loadDefaults((fromDataset && fromDataset.problem_type) || form.defaultProblemType(), false);
     if (fromDataset) {
       for (const [path, text] of Object.entries(fromDataset)) form.edit(path, text);
       form.setValues(fromDataset, false);

@@ -3,6 +3,7 @@
 
 TL.pages.run = {
   async render(el, params) {
+    await TL.problemTypes(); // TL.canChat reads them
     const h = TL.h;
     const id = params[0];
     const head = h("div", { id: "run-head" });

@@ -2,8 +2,8 @@
 "use strict";
 
 const TL = { pages: {}, timers: [], runsCache: null };
-// The problem types whose runs are causal LMs that can chat (tunelab.config.CAUSAL_LM_PROBLEMS).
-TL.canChat = (run) => ["causal_lm", "dpo", "rl"].includes(run.problem_type);
+// Whether a run's problem type can chat; needs TL.problemTypes() loaded (the facts come from the server).
+TL.canChat = (run) => Boolean(TL.problemTypesCache && (TL.problemTypesCache[run.problem_type] || {}).can_chat);
 
 class ApiError extends Error {
   constructor(message, status, field, problems) {
@@ -152,6 +152,18 @@ TL.runs = async function () {
   TL.runsCache = data.runs;
   return data.runs;
 };
+
+// Every problem type's facts (GET /api/problem-types: tunelab's ProblemSpec), by name, in registration order.
+TL.problemTypes = async function () {
+  if (!TL.problemTypesCache) {
+    const data = await TL.api("GET", "/api/problem-types");
+    TL.problemTypesCache = Object.fromEntries(data.problem_types.map((p) => [p.name, p]));
+  }
+  return TL.problemTypesCache;
+};
+
+// The first problem type whose facts satisfy ``test`` (registration order), or undefined.
+TL.firstProblemType = (types, test) => (Object.values(types).find(test) || {}).name;
 
 TL.schema = async function () {
   if (!TL.schemaCache) TL.schemaCache = await TL.api("GET", "/api/schema");
