@@ -38,6 +38,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_bind(host: str, secret: str | None, what: str, lacking: str, field: str, hint: str) -> None:
+    """Refuse to listen beyond this machine without a secret: anyone who can reach the port could use it.
+
+    Args:
+        host: the address to listen on.
+        secret: the API key or password (None or empty: none).
+        what: what is served ("the studio").
+        lacking: the secret, as the message names it ("a password").
+        field: the option or field that set ``host``.
+        hint: how to fix it.
+
+    Raises:
+        TunelabError: for a non-loopback host without a secret.
+    """
+    if not secret and not is_loopback(host):
+        raise TunelabError(f"refusing to serve {what} on {host} without {lacking}", field=field, hint=hint)
+
+
 def _is_ip(name: str) -> bool:
     try:
         ipaddress.ip_address(name)

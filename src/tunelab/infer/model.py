@@ -9,8 +9,13 @@ from typing import Any
 import torch
 
 from tunelab.config import RunConfig, load_config, prediction_overrides
-from tunelab.models.adapters import load_trained
-from tunelab.models.load import load_backbone, load_tokenizer, matmul_dtype, quantization_config, resolve_backbone
+from tunelab.models.load import (
+    load_backbone,
+    load_run_weights,
+    load_tokenizer,
+    quantization_config,
+    resolve_backbone,
+)
 from tunelab.problems import build_problem
 from tunelab.rundir import RunDirectory
 
@@ -51,19 +56,11 @@ def load_run(
         cfg.dataset.use_chat_template = bool(getattr(tokenizer, "chat_template", None))
     problem = build_run_problem(cfg, tokenizer)
     problem.load(run.path)
-    method = cfg.training.adapter
-    model_dir = run.model_dir
-    assert model_dir is not None
-    source = str(model_dir) if method == "none" else resolve_backbone(cfg.llm_backbone)
-    arch = cfg.architecture
-    dtype = matmul_dtype(arch)
-    quantization = None if full_precision else quantization_config(arch)
-    base = load_backbone(source, problem.auto_class(), dtype=dtype, quantization=quantization, **problem.model_kwargs())
-    if getattr(base.config, "pad_token_id", None) is None:
-        base.config.pad_token_id = tokenizer.pad_token_id
-    model = load_trained(base, model_dir, method)
+    model = load_run_weights(
+        run, problem.auto_class(), full_precision, tokenizer.pad_token_id, **problem.model_kwargs()
+    )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if quantization is None:
+    if full_precision or quantization_config(cfg.architecture) is None:
         model.to(device)  # quantised weights were placed on their device when loaded
     model.eval()
     return LoadedRun(run, cfg, tokenizer, problem, model)

@@ -16,7 +16,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.errors import TunelabError
-from tunelab.http_guard import HostAllowList, add_request_guard, is_loopback
+from tunelab.http_guard import HostAllowList, add_request_guard
+from tunelab.http_guard import check_bind as refuse_open_bind
 from tunelab.ui.auth import Auth, LoginThrottle, guard, login, login_page
 from tunelab.ui.chat import ChatModels
 from tunelab.ui.exports import ExportManager
@@ -169,12 +170,14 @@ def check_bind(host: str, password: str | None) -> None:
     Raises:
         TunelabError: for a non-loopback host without a password.
     """
-    if not password and not is_loopback(host):
-        raise TunelabError(
-            f"refusing to serve the studio on {host} without a password",
-            field="--host",
-            hint="pass --password (or set TUNELAB_STUDIO_PASSWORD), or bind to 127.0.0.1",
-        )
+    refuse_open_bind(
+        host,
+        password,
+        "the studio",
+        "a password",
+        "--host",
+        "pass --password (or set TUNELAB_STUDIO_PASSWORD), or bind to 127.0.0.1",
+    )
 
 
 def run_studio(
