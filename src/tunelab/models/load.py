@@ -369,7 +369,7 @@ def merged_run_backbone(run_dir: Path) -> Path:
     if (target / "config.json").is_file():
         return target
     tokenizer = load_tokenizer(str(run.tokenizer_dir))
-    model = load_run_weights(run, AutoModelForCausalLM, full_precision=True, pad_token_id=tokenizer.pad_token_id)
+    model = load_run_weights(run, AutoModelForCausalLM, full_precision=True, fallback_pad_id=tokenizer.pad_token_id)
     if is_prompt_learning(model):
         raise ModelError(f"a {cfg.training.adapter} run adds soft tokens and cannot be merged into weights", **where)
     log.info("merging %s into its base weights once; cached in %s", run_dir, target)
@@ -381,7 +381,7 @@ def merged_run_backbone(run_dir: Path) -> Path:
 
 
 def load_run_weights(
-    run: Any, auto_class: Any, full_precision: bool = False, pad_token_id: int | None = None, **model_kwargs: Any
+    run: Any, auto_class: Any, full_precision: bool = False, fallback_pad_id: int | None = None, **model_kwargs: Any
 ) -> Any:
     """The trained model of a run directory: its backbone with what training saved (adapter, model or tensors).
 
@@ -392,7 +392,7 @@ def load_run_weights(
         run: the ``RunDirectory``.
         auto_class: the transformers auto class of the run's head.
         full_precision: load a quantised run's backbone unquantised (for merging: never merge into 4-bit weights).
-        pad_token_id: set on the backbone's config when it has none.
+        fallback_pad_id: the pad token id set on the backbone's config when it has none (the tokenizer's).
         model_kwargs: extra config values for the backbone (e.g. the number of labels).
     """
     from tunelab.models.adapters import load_trained
@@ -406,7 +406,7 @@ def load_run_weights(
     quantization = None if full_precision else quantization_config(arch)
     base = load_backbone(source, auto_class, dtype=matmul_dtype(arch), quantization=quantization, **model_kwargs)
     if getattr(base.config, "pad_token_id", None) is None:
-        base.config.pad_token_id = pad_token_id
+        base.config.pad_token_id = fallback_pad_id
     return load_trained(base, model_dir, method)
 
 
