@@ -53,15 +53,32 @@ def print_detection(file: str, cfg: RunConfig, detection: Detection, console: An
         console.print(f"  labels in the first {total} rows: {shown}")
 
 
+def encode_file(cfg: RunConfig, tokenizer: Any, path: str) -> tuple[Any, Any, Any]:
+    """Read a data file as ``cfg`` says, fit the problem to its labels and encode every row (no split, no cache):
+    what ``tunelab data inspect`` and the studio's data page show.
+
+    Returns:
+        (problem, example reader, encoded rows).
+    """
+    from tunelab.data.formats import ExampleReader
+    from tunelab.data.pipeline import encode_source
+    from tunelab.problems import build_problem
+
+    problem = build_problem(cfg, tokenizer)
+    reader = ExampleReader(cfg, path)
+    labels = [problem.label_of(example) for _, example in reader]
+    problem.fit([x for x in labels if x is not None], path)
+    split, _ = encode_source(path, problem)
+    return problem, reader, split
+
+
 def inspect_file(
     file: str, config: Path | None, overrides: list[str], rows: int, histogram: Path | None, console: Any
 ) -> None:
     """Print what ``tunelab data inspect`` shows (see the module docstring)."""
     from tunelab.data.formats import ExampleReader, apply_detection, unsuitable
     from tunelab.data.inspect import compute_report, print_report, render_row, save_length_histogram
-    from tunelab.data.pipeline import encode_source
     from tunelab.models.load import load_tokenizer, resolve_backbone
-    from tunelab.problems import build_problem
 
     cfg, detection, usable = inspect_config(file, config, overrides)
     print_detection(file, cfg, detection, console)
@@ -79,11 +96,7 @@ def inspect_file(
         return
     console.print(f"  shown as problem_type {cfg.problem_type}\n")
     tokenizer = load_tokenizer(resolve_backbone(cfg.llm_backbone))
-    problem = build_problem(cfg, tokenizer)
-    reader = ExampleReader(cfg, file)
-    labels = [problem.label_of(ex) for _, ex in reader]
-    problem.fit([x for x in labels if x is not None], file)
-    split, _ = encode_source(file, problem)
+    problem, reader, split = encode_file(cfg, tokenizer, file)
     print_report(compute_report(split, cfg, file, reader.format), console, cfg)
     for i in range(min(rows, len(split))):
         console.print(f"\n[bold]row {split.rows[i]}[/] ({split.lengths()[i]} tokens; trained in green, masked dimmed)")

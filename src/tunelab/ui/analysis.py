@@ -42,19 +42,13 @@ def inspect_data(cfg: RunConfig, path: str, rows: int = PREVIEW_ROWS) -> dict[st
     Raises:
         TunelabError: for a file that cannot be read as the config says (the message names row and field).
     """
-    from tunelab.data.formats import ExampleReader
     from tunelab.data.inspect import compute_report, render_row
-    from tunelab.data.pipeline import encode_source
     from tunelab.data.readers import read_columns
-    from tunelab.problems import build_problem
+    from tunelab.data_inspect import encode_file
 
     with _LOCK:
         tokenizer = _tokenizer(cfg.llm_backbone)
-        problem = build_problem(cfg, tokenizer)
-        reader = ExampleReader(cfg, path)
-        labels = [problem.label_of(example) for _, example in reader]
-        problem.fit([x for x in labels if x is not None], path)
-        split, _ = encode_source(path, problem)
+        problem, reader, split = encode_file(cfg, tokenizer, path)
         report = compute_report(split, cfg, path, reader.format)
         preview = [_segments(render_row(split, i, tokenizer)) for i in range(min(rows, len(split)))]
     classes = list(getattr(problem, "classes", []) or [])
