@@ -13,10 +13,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializationInfo,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from tunelab.errors import ConfigError
-from tunelab.problem_spec import LowerIsBetter, ProblemSpec, all_specs, problem_types, spec_of
+from tunelab.problem_spec import LowerIsBetter, ProblemOptions, ProblemSpec, all_specs, problem_types, spec_of
 
 # Backbone model types that are encoders: no language-model head, so they cannot be preference-tuned.
 ENCODER_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra", "mpnet")
@@ -497,6 +511,52 @@ class TrainingConfig(Section):
         10, ge=1, description="Log loss, learning rate and throughput every this many optimizer steps."
     )
 
+    # The run's problem-type options (``ProblemSpec.options``), validated by ``RunConfig`` (which knows the problem
+    # type) and written back among the section's fields; read them with ``RunConfig.problem_options``.
+    _options: ProblemOptions | None = PrivateAttr(None)
+
+    @model_serializer(mode="wrap")
+    def _dump_with_options(self, handler: Any, info: SerializationInfo) -> dict[str, Any]:
+        data = handler(self)
+        if self._options is not None and isinstance(data, dict):
+            data.update(
+                self._options.model_dump(
+                    mode=info.mode,
+                    exclude_unset=info.exclude_unset,
+                    exclude_defaults=info.exclude_defaults,
+                    exclude_none=info.exclude_none,
+                )
+            )
+        return data
+
+
+def option_fields() -> list[tuple[str, str, FieldInfo]]:
+    """Every problem type's own config fields (``ProblemSpec.options``) as (problem type, field name, field), in
+    registration order; each is written in the training section."""
+    return [(s.name, name, f) for s in all_specs() if s.options for name, f in s.options.model_fields.items()]
+
+
+def _split_options(value: dict[str, Any], spec: ProblemSpec | None) -> tuple[dict[str, Any], dict[str, Any], list]:
+    """A raw training section as (its own fields and unknown keys, the options of ``spec``, pydantic line errors for
+    options of other problem types). Without a spec (an unknown problem type, reported on its own) every option is
+    set aside."""
+    owners: dict[str, list[str]] = {}
+    for owner, name, _ in option_fields():
+        owners.setdefault(name, []).append(owner)
+    own = spec.options.model_fields if spec is not None and spec.options is not None else {}
+    rest, mine, foreign = {}, {}, []
+    for key, item in value.items():
+        if key not in owners:
+            rest[key] = item
+        elif spec is None:
+            continue
+        elif key in own:
+            mine[key] = item
+        else:
+            message = f"a {' and '.join(owners[key])} option; this run's problem_type is {spec.name}"
+            foreign.append({"type": PydanticCustomError("problem_option", message), "loc": (key,), "input": item})
+    return rest, mine, foreign
+
 
 class PredictionConfig(Section):
     metric: str = Field(
@@ -753,6 +813,44 @@ class RunConfig(BaseModel):
         """What this run's problem type is and offers (``tunelab.problem_spec``)."""
         return spec_of(self.problem_type)
 
+    @field_validator("training", mode="wrap")
+    @classmethod
+    def _training_with_options(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        """The training section's own fields, and the problem type's options (``ProblemSpec.options``) written among
+        them: those are validated against the run's problem type; another type's option is named as such."""
+        if not isinstance(value, dict):
+            return handler(value)
+        problem_type = info.data.get("problem_type")  # absent when invalid (then reported on its own)
+        spec = spec_of(problem_type) if problem_type is not None else None
+        rest, mine, errors = _split_options(value, spec)
+        options = None
+        try:
+            training = handler(rest)
+        except ValidationError as exc:
+            if not errors and not mine:
+                raise
+            errors = [{k: e[k] for k in ("type", "loc", "input", "ctx") if k in e} for e in exc.errors()] + errors
+        if spec is not None and spec.options is not None and mine:
+            try:
+                options = spec.options.model_validate(mine)
+            except ValidationError as exc:
+                errors += [{k: e[k] for k in ("type", "loc", "input", "ctx") if k in e} for e in exc.errors()]
+        if errors:
+            raise ValidationError.from_exception_data("TrainingConfig", errors)
+        training._options = options
+        return training
+
+    @property
+    def problem_options(self) -> ProblemOptions | None:
+        """This run's problem-type options (``ProblemSpec.options``; defaults for those not set), or None when its
+        problem type has none. Typed: ``KTOOptions.of(cfg)`` (``problem_spec.ProblemOptions.of``)."""
+        model = self.spec.options
+        if model is None:
+            return None
+        if not isinstance(self.training._options, model):
+            self.training._options = model()
+        return self.training._options
+
     @field_validator("experiment_name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
@@ -763,6 +861,7 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _cross_field_rules(self) -> RunConfig:
         spec = self.spec
+        self.training._options = self.problem_options  # the defaults when none are set (then saved with the rest)
         if not self.prediction.metric:
             self.prediction.metric = spec.metrics[0]
         if not self.training.loss_function:
@@ -932,7 +1031,7 @@ def all_field_paths() -> list[str]:
     paths = [name for name in RunConfig.model_fields if name not in SECTIONS]
     for section, model in SECTIONS.items():
         paths += [f"{section}.{name}" for name in model.model_fields]
-    return paths
+    return paths + list(dict.fromkeys(f"training.{name}" for _, name, _ in option_fields()))
 
 
 # Names other tools give our fields (Hugging Face Trainer, PEFT, Axolotl, LLaMA-Factory): not close in spelling.
@@ -975,7 +1074,7 @@ def _suggest(path: str) -> str:
     if leaf.lower() in OTHER_TOOLS_NAMES:
         return f"did you mean '{OTHER_TOOLS_NAMES[leaf.lower()]}'?"
     if section in SECTIONS:
-        names = list(SECTIONS[section].model_fields)
+        names = [p.split(".", 1)[1] for p in valid if p.startswith(f"{section}.")]
         close = difflib.get_close_matches(leaf, names, n=1, cutoff=SUGGEST_CUTOFF)
         if close:
             return f"did you mean '{section}.{close[0]}'?"
@@ -1017,6 +1116,8 @@ def _describe_error(err: dict[str, Any]) -> tuple[str, str]:
     kind = err["type"]
     if kind == "extra_forbidden":
         return path, f"unknown field ({_suggest(path)})"
+    if kind == "problem_option":
+        return path, err["msg"]
     if kind == "value_error" and not loc:
         return "", err["msg"].removeprefix("Value error, ")
     message = err["msg"].removeprefix("Value error, ")
@@ -1242,6 +1343,9 @@ def commented_yaml(cfg: RunConfig) -> str:
         out += ["", f"# {RunConfig.model_fields[section].description}", f"{section}:"]
         for name, field in model.model_fields.items():
             emit(name, field, data[section][name], "  ")
+        if section == "training" and cfg.spec.options is not None:  # the problem type's own fields
+            for name, field in cfg.spec.options.model_fields.items():
+                emit(name, field, data[section][name], "  ")
     return "\n".join(out) + "\n"
 
 
@@ -1266,13 +1370,16 @@ def config_reference_markdown() -> str:
 
     def table(model: type[BaseModel], prefix: str) -> None:
         lines.extend(["| field | default | allowed | description |", "|---|---|---|---|"])
-        for name, field in _fields_of(model):
+        rows = [(name, field, "") for name, field in _fields_of(model)]
+        if prefix == "training.":  # each problem type's own fields (ProblemSpec.options), marked with their type
+            rows += [(name, field, f"(problem_type: {owner}) ") for owner, name, field in option_fields()]
+        for name, field, owner in rows:
             default = field.get_default(call_default_factory=True)
             if isinstance(default, tuple):
                 default = list(default)
             # problem_type is a plain str checked against the problem-type registry: list what is registered.
             allowed = " \\| ".join(problem_types()) if f"{prefix}{name}" == "problem_type" else _allowed(field)
-            desc = (field.description or "").replace("|", "\\|")
+            desc = (owner + (field.description or "")).replace("|", "\\|")
             lines.append(f"| `{prefix}{name}` | `{default!r}` | {allowed} | {desc} |")
         lines.append("")
 

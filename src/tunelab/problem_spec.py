@@ -17,7 +17,9 @@ import copy
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict
 
 from tunelab.registry import Registry
 
@@ -60,6 +62,36 @@ class Sampling:
     reward_model: str = ""  # a reward run directory whose weights are loaded too ('' for none)
 
 
+class ProblemOptions(BaseModel):
+    """Base of a problem type's own config fields (``ProblemSpec.options``), written in the ``training`` section.
+
+    A subclass declares typed fields with defaults, bounds and descriptions, as ``config.py``'s sections do; the config
+    validates them against the run's problem type, ``docs/config.md`` lists them, and code reads them typed::
+
+        class KTOOptions(ProblemOptions):
+            desirable_weight: float = Field(1.0, gt=0, le=100, description="...")
+
+        KTOOptions.of(cfg).desirable_weight
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @classmethod
+    def of(cls: type[OptionsT], cfg: Any) -> OptionsT:
+        """The options of run config ``cfg`` (a ``RunConfig`` whose problem type declares ``cls``).
+
+        Raises:
+            TypeError: when ``cfg``'s problem type declares other options (or none).
+        """
+        got = cfg.problem_options
+        if not isinstance(got, cls):
+            raise TypeError(f"{cls.__name__} are not the options of problem_type {cfg.problem_type}")
+        return got
+
+
+OptionsT = TypeVar("OptionsT", bound=ProblemOptions)
+
+
 @dataclass(frozen=True)
 class ProblemSpec:
     """Everything outside ``problems/`` knows about one problem type.
@@ -92,6 +124,8 @@ class ProblemSpec:
         endpoints: ``tunelab serve`` endpoints it answers (chat, completions, classify, score).
         exports: ``tunelab export`` formats it supports (adapter, merged, gguf).
         studio: studio-only hints (e.g. the label column field is shown).
+        options: its own config fields (a ``ProblemOptions`` subclass), written in the ``training`` section (e.g.
+            ``training.desirable_weight``) and read with ``Options.of(cfg)``; None when it has none.
     """
 
     name: str
@@ -117,6 +151,7 @@ class ProblemSpec:
     score_note: str = ""
     report_sections: tuple[str, ...] = ()
     exports: tuple[ExportFormat, ...] = ("adapter", "merged")
+    options: type[ProblemOptions] | None = None
 
     @property
     def labelled(self) -> bool:
@@ -149,6 +184,7 @@ class ProblemSpec:
             "endpoints": list(self.endpoints),
             "exports": list(self.exports),
             "starter": dict(self.starter),
+            "options": list(self.options.model_fields) if self.options else [],
         }
 
 
@@ -157,7 +193,19 @@ _loaded = False
 
 
 def register_spec(spec: ProblemSpec) -> ProblemSpec:
-    """Add a problem type (called once by its problem file)."""
+    """Add a problem type (called once by its problem file).
+
+    Raises:
+        ValueError: when its options are not a ``ProblemOptions`` or name a field the training section already has.
+    """
+    if spec.options is not None:
+        if not (isinstance(spec.options, type) and issubclass(spec.options, ProblemOptions)):
+            raise ValueError(f"{spec.name}: ProblemSpec.options must be a ProblemOptions subclass")
+        # By name (config sits above this module): an option may not shadow a field of the training section.
+        training = importlib.import_module("tunelab.config").TrainingConfig.model_fields
+        clash = [name for name in spec.options.model_fields if name in training]
+        if clash:
+            raise ValueError(f"{spec.name}: option '{clash[0]}' is already a field of the training section")
     return SPECS.register(spec.name)(spec)
 
 

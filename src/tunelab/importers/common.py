@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tunelab.config import SECTIONS
+from tunelab.config import SECTIONS, option_fields
+from tunelab.problem_spec import spec_of
 
 # Hugging Face Trainer / Axolotl optimizer names with the same algorithm in tunelab.
 OPTIMIZERS = {
@@ -131,6 +132,8 @@ class Mapper:
         section, _, name = path.rpartition(".")
         if section:
             model = SECTIONS[section]
+            if section == "training" and name not in model.model_fields:  # a problem type's own field
+                model = next((spec_of(owner).options for owner, n, _ in option_fields() if n == name), model)
             if name not in model.model_fields:
                 self.leave(label, f"this tunelab version has no {path}")
                 return False

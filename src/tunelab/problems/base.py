@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 # The spec lives below ``config`` in the import layers (config, data and models read it); it is re-exported here so
 # that a problem file imports everything it implements from one place.
-from tunelab.problem_spec import ProblemSpec, Reference, Sampling, register_spec
+from tunelab.problem_spec import ProblemOptions, ProblemSpec, Reference, Sampling, register_spec
 
 if TYPE_CHECKING:
     import torch
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from tunelab.data.readers import Record
     from tunelab.data.tokenize import EncodedSplit, SplitBuilder
 
-__all__ = ["EvalResult", "Problem", "ProblemSpec", "Reference", "Sampling", "register_spec"]
+__all__ = ["EvalResult", "Problem", "ProblemOptions", "ProblemSpec", "Reference", "Sampling", "register_spec"]
 
 
 @dataclass

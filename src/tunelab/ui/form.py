@@ -15,9 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import ValidationError
 
-from tunelab.config import SECTIONS, RunConfig, _describe_error
+from tunelab.config import SECTIONS, RunConfig, _describe_error, option_fields
 from tunelab.errors import ConfigError
-from tunelab.problem_spec import problem_types, starter_config
+from tunelab.problem_spec import problem_types, spec_of, starter_config
 
 # Set by the studio itself (every run goes into the studio's output directory).
 HIDDEN = ("output_directory",)
@@ -110,6 +110,8 @@ def form_schema() -> dict[str, Any]:
     groups = [{"name": "basics", "description": "What is trained, on which model, under which name.", "fields": top}]
     for section, model in SECTIONS.items():
         fields = [_field(f"{section}.{name}", f) for name, f in model.model_fields.items()]
+        if section == "training":  # each problem type's own fields, shown for that type only
+            fields += _option_rows()
         groups.append({"name": section, "description": RunConfig.model_fields[section].description, "fields": fields})
     return {
         "groups": groups,
@@ -118,11 +120,31 @@ def form_schema() -> dict[str, Any]:
     }
 
 
+def _option_rows() -> list[dict[str, Any]]:
+    """The problem types' own fields (``ProblemSpec.options``), each with ``problem_types``: those that declare it."""
+    rows: dict[str, dict[str, Any]] = {}
+    for owner, name, f in option_fields():
+        row = rows.setdefault(name, {**_field(f"training.{name}", f), "problem_types": []})
+        row["problem_types"].append(owner)
+    return list(rows.values())
+
+
 def _annotations() -> dict[str, Any]:
     out = {name: f.annotation for name, f in RunConfig.model_fields.items() if name not in SECTIONS}
     for section, model in SECTIONS.items():
         out.update({f"{section}.{name}": f.annotation for name, f in model.model_fields.items()})
+    out.update({f"training.{name}": f.annotation for _, name, f in option_fields()})
     return out
+
+
+def _other_types_options(values: dict[str, str]) -> set[str]:
+    """The option fields of problem types other than the form's: hidden in the form, so not sent to the config."""
+    try:
+        spec = spec_of(str(values.get("problem_type") or RunConfig.model_fields["problem_type"].default))
+    except ConfigError:
+        return set()  # an unknown problem type is reported on its own
+    own = spec.options.model_fields if spec.options is not None else {}
+    return {f"training.{name}" for _, name, _ in option_fields() if name not in own}
 
 
 def parse_text(text: str, annotation: Any) -> Any:
@@ -152,9 +174,12 @@ def _yaml(text: str) -> Any:
 def values_to_data(values: dict[str, str]) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """Nested config data from field texts; unknown field paths are reported, not dropped silently."""
     annotations = _annotations()
+    hidden = _other_types_options(values)
     data: dict[str, Any] = {}
     unknown = []
     for path, text in values.items():
+        if path in hidden:
+            continue
         if path not in annotations or path in HIDDEN:
             unknown.append({"field": path, "message": "not a config field"})
             continue

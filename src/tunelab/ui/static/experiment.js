@@ -12,6 +12,7 @@ class ExperimentForm {
     this.touched = new Set();
     this.inputs = {};
     this.errors = {};
+    this.optionRows = [];
     this.globalError = TL.h("div", { id: "form-error" });
     this.planBox = TL.h("div", { id: "plan" });
     this.timer = null;
@@ -26,6 +27,13 @@ class ExperimentForm {
       if (input.type === "checkbox") input.checked = text === "true";
       else input.value = text;
     }
+    this.showOptions();
+  }
+
+  // A problem type's own fields (f.problem_types) show only for that type.
+  showOptions() {
+    const current = this.values.problem_type || this.defaultProblemType();
+    for (const row of this.optionRows) row.hidden = !row.dataset.problemTypes.split(" ").includes(current);
   }
 
   async loadDefaults(problemType, keepTouched) {
@@ -181,11 +189,15 @@ function fieldRow(f, form, onEdit, schema) {
   form.inputs[f.path] = real;
   const error = h("span", { class: "field-error", "data-error-for": f.path });
   form.errors[f.path] = error;
-  const help = [f.description, f.kind === "list" && f.choices.length ? `Choices: ${f.choices.join(", ")}.` : "",
+  const owners = f.problem_types ? `(problem_type: ${f.problem_types.join(", ")})` : "";
+  const help = [owners, f.description, f.kind === "list" && f.choices.length ? `Choices: ${f.choices.join(", ")}.` : "",
     f.bounds ? `Allowed: ${f.bounds}.` : "", `Default: ${f.default === "" ? "(empty)" : f.default}.`].filter(Boolean).join(" ");
-  return h("div", { class: "frow", "data-field": f.path },
+  const only = f.problem_types ? { "data-problem-types": f.problem_types.join(" ") } : {};
+  const row = h("div", { class: "frow", "data-field": f.path, ...only },
     h("label", { for: attrs.id, class: "fname", title: f.path }, f.name),
     h("div", { class: "fbody" }, input, error, h("small", { class: "help" }, help)));
+  if (f.problem_types) form.optionRows.push(row);
+  return row;
 }
 
 function renderPlan(plan, start) {
