@@ -248,16 +248,19 @@ def _write(
 
 # Parity of a GGUF export with the trained model, judged per tensor type as llama.cpp judges quantisations: the
 # KL divergence of the export's next-token distribution from the original's (mean over every prompt position) and
-# how often both pick the same top token. f32 and f16 must be near-exact (and answer greedily the same); the
-# quantised types lose precision by design, so their bounds follow how much each type keeps.
+# how often both pick the same top token. f32 and f16 must be near-exact (f32 also answers greedily the same); the
+# quantised types lose precision by design. Their bounds hold what llama.cpp's own quantizer makes of an exact f32
+# conversion (q8_0 and q4_0 files here are byte-identical to it, the k-quants are made by it), measured on
+# SmolLM2-135M, a small model that quantisation hurts more than large ones, inside llama.cpp and in this check
+# (docs/gguf.md); a conversion bug is far outside them (Q/K rows in the wrong RoPE order: mean KLD 1.2, top-1 0.55).
 GGUF_PARITY = {
-    "f32": {"max_mean_kld": 1e-6, "min_top1": 1.0, "greedy": True},
+    "f32": {"max_mean_kld": 1e-5, "min_top1": 0.99, "greedy": True},
     "f16": {"max_mean_kld": 1e-4, "min_top1": 0.99, "greedy": False},
-    "q8_0": {"max_mean_kld": 2e-3, "min_top1": 0.97, "greedy": False},
-    "q6_k": {"max_mean_kld": 1e-2, "min_top1": 0.94, "greedy": False},
-    "q5_k_m": {"max_mean_kld": 2e-2, "min_top1": 0.92, "greedy": False},
-    "q4_k_m": {"max_mean_kld": 5e-2, "min_top1": 0.88, "greedy": False},
-    "q4_0": {"max_mean_kld": 1e-1, "min_top1": 0.85, "greedy": False},
+    "q8_0": {"max_mean_kld": 1e-2, "min_top1": 0.95, "greedy": False},
+    "q6_k": {"max_mean_kld": 2e-2, "min_top1": 0.93, "greedy": False},
+    "q5_k_m": {"max_mean_kld": 5e-2, "min_top1": 0.90, "greedy": False},
+    "q4_k_m": {"max_mean_kld": 1e-1, "min_top1": 0.88, "greedy": False},
+    "q4_0": {"max_mean_kld": 1e-1, "min_top1": 0.88, "greedy": False},
 }
 
 
