@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from tunelab.problems.base import Problem
 
 # The registry lines: one problem file per entry, loaded in this order (the order problem types are listed in).
-PROBLEM_MODULES = ("causal_lm", "classification", "reward", "preference", "rl")
+PROBLEM_MODULES = ("causal_lm", "classification", "reward", "preference", "kto", "rl")
 
 
 def load_problem_types() -> None:
