@@ -80,14 +80,7 @@ class Trackers:
         for key, value in values.items():
             self.tensorboard.add_scalar(key, value, step)
         self.tensorboard.flush()
-        for name in ("mlflow", "wandb"):
-            tracker = getattr(self, name)
-            if tracker is not None:
-                try:
-                    tracker.log(values, step)
-                except Exception as exc:
-                    self.console.print(f"[yellow]{name} failed ({_why(exc)}): no longer logging to it[/]")
-                    setattr(self, name, None)
+        self._each_tracker(lambda tracker: tracker.log(values, step), "failed ({}): no longer logging to it", drop=True)
 
     def finish(self, status: str = "finished") -> None:
         """End the tracker runs, once: log the test metrics and attach the run's report, metrics.json and config.yaml
@@ -101,13 +94,21 @@ class Trackers:
             self.log(numbers, self.step)
         self.tensorboard.close()
         files = [self.run.path / name for name in ARTIFACTS if (self.run.path / name).is_file()]
+        self._each_tracker(lambda tracker: tracker.finish(files, status), "could not end its run ({})", drop=False)
+
+    def _each_tracker(self, action: Any, failure: str, drop: bool) -> None:
+        """``action(tracker)`` for MLflow and W&B when on; a failure is one yellow line (``failure`` formatted with the
+        error), and with ``drop`` that tracker is off for the rest of the run: training never stops for a tracker."""
         for name in ("mlflow", "wandb"):
             tracker = getattr(self, name)
-            if tracker is not None:
-                try:
-                    tracker.finish(files, status)
-                except Exception as exc:
-                    self.console.print(f"[yellow]{name} could not end its run ({_why(exc)})[/]")
+            if tracker is None:
+                continue
+            try:
+                action(tracker)
+            except Exception as exc:
+                self.console.print(f"[yellow]{name} {failure.format(_why(exc))}[/]")
+                if drop:
+                    setattr(self, name, None)
 
 
 def _why(exc: BaseException) -> str:
