@@ -240,10 +240,17 @@ def _write(
 
     write_text_atomic(
         folder / "Modelfile",
-        modelfile(gguf_path.name, loaded.tokenizer, loaded.cfg.prediction, loaded.cfg.tokenizer.max_length),
+        modelfile(gguf_path.name, loaded.tokenizer, loaded.cfg.prediction, ollama_context(loaded)),
     )
     result["file"] = gguf_path.name
     return result
+
+
+def ollama_context(loaded: Any) -> int:
+    """``num_ctx`` for Ollama: the model's own context, capped at 4,096 tokens (Ollama allocates the whole KV cache
+    up front), and never below the length the run trained on."""
+    model_context = getattr(loaded.model.config, "max_position_embeddings", None) or loaded.cfg.tokenizer.max_length
+    return max(loaded.cfg.tokenizer.max_length, min(int(model_context), 4096))
 
 
 # Parity of a GGUF export with the trained model, judged per tensor type as llama.cpp judges quantisations: the
