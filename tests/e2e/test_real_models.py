@@ -126,7 +126,7 @@ def assert_card_and_logs(run: Path, hub_id: str, data_file: str) -> None:
     assert front["base_model"] == hub_id and front["library_name"] == "peft" and front["license"] == "apache-2.0"
     for name, value in metrics["after"].items():
         assert f"| {name} | {metrics['before'][name]:.4f} | {value:.4f} |" in card, name
-    assert f"`{data_file}`" in card and f"| {info['train_rows']} |" in card
+    assert f"`{data_file}`" in card and f"| {info['train_rows']:,} |" in card
     assert "[More Information Needed]" not in card and "None" not in card
     assert json.loads((run / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == hub_id
     events = EventAccumulator(str(run / "logs")).Reload()
