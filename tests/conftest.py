@@ -31,31 +31,39 @@ def tiny_tokenizer_dir() -> Path:
     return ASSETS / "tiny-tokenizer"
 
 
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory, tiny_tokenizer_dir) -> Path:
-    """A 2-layer Llama (hidden 32, vocab 384) with the tiny ChatML tokenizer, saved as a local model folder."""
+def save_tiny_llama(path: Path, tokenizer_dir: Path, **sizes) -> Path:
+    """A random Llama with the tiny ChatML tokenizer saved at ``path`` (seed 0); ``sizes`` override the 2-layer,
+    hidden-32 defaults (``LlamaConfig`` fields)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tok),
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    fields = dict(
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
         max_position_embeddings=512,
+    )
+    config = LlamaConfig(
+        vocab_size=len(tok),
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         tie_word_embeddings=True,
+        **(fields | sizes),
     )
-    path = tmp_path_factory.mktemp("models") / "tiny-llama"
     LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A 2-layer Llama (hidden 32, vocab 384) with the tiny ChatML tokenizer, saved as a local model folder."""
+    return save_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", tiny_tokenizer_dir)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import causal_config
+from conftest import causal_config, save_tiny_llama
 from test_cli import TUNELAB, assert_one_line_error
 
 from tunelab.config import PredictionConfig, load_config
@@ -98,27 +98,15 @@ def test_k_quants_through_a_llama_quantize_program(tiny_llama, tmp_path, monkeyp
 @pytest.fixture(scope="module")
 def kquant_llama(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     """A tiny Llama whose rows are multiples of 256, the k-quant block size (smaller rows fall back to q5_0/q8_0)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tok),
+    return save_tiny_llama(
+        tmp_path_factory.mktemp("models") / "kquant-llama",
+        tiny_tokenizer_dir,
         hidden_size=256,
         intermediate_size=512,
-        num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=True,
     )
-    path = tmp_path_factory.mktemp("models") / "kquant-llama"
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 @pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-python is not installed (pip install 'tunelab[gguf]')")
